@@ -1,0 +1,100 @@
+"""Initial factors for the NMF estimators.
+
+NNDSVD (Boutsidis & Gallopoulos, 2008): each rank-one term of a truncated SVD
+is replaced by the dominant one of its positive and negative parts, which gives
+a non-negative pair close to the SVD term.  Variants ``"nndsvda"`` and
+``"nndsvdar"`` fill the (otherwise stuck) zeros with the data mean or small
+random values, which multiplicative updates need.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.optimize import nnls
+from sklearn.utils.extmath import randomized_svd
+
+INIT_METHODS = ("nndsvd", "nndsvda", "nndsvdar", "random")
+
+
+def _positive_part_pair(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Unit vectors and weight of the dominant sign pattern of ``u v^T``."""
+    u_pos, u_neg = np.maximum(u, 0), np.maximum(-u, 0)
+    v_pos, v_neg = np.maximum(v, 0), np.maximum(-v, 0)
+    nu_pos, nv_pos = np.linalg.norm(u_pos), np.linalg.norm(v_pos)
+    nu_neg, nv_neg = np.linalg.norm(u_neg), np.linalg.norm(v_neg)
+    if nu_pos * nv_pos >= nu_neg * nv_neg:
+        if nu_pos == 0 or nv_pos == 0:
+            return u_pos, v_pos, 0.0
+        return u_pos / nu_pos, v_pos / nv_pos, nu_pos * nv_pos
+    return u_neg / nu_neg, v_neg / nv_neg, nu_neg * nv_neg
+
+
+def initial_factors(
+    X, n_components: int, method: str | None, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Non-negative ``(left, right)`` with ``X ~ left @ right``.
+
+    Parameters
+    ----------
+    X : ndarray or sparse matrix of shape (r, c), non-negative
+    n_components : int
+    method : {"nndsvd", "nndsvda", "nndsvdar", "random"} or None
+        ``None`` gives ``"nndsvda"`` when ``n_components <= min(r, c)``,
+        otherwise ``"random"``.
+    rng : numpy Generator
+
+    Returns
+    -------
+    left : ndarray (r, k)
+    right : ndarray (k, c)
+    """
+    r, c = X.shape
+    k = n_components
+    dtype = X.dtype
+    mean = float(X.sum(dtype=np.float64)) / (r * c) if r * c else 0.0
+    if mean <= 0:
+        mean = 1.0
+    if method is None:
+        method = "nndsvda" if k <= min(r, c) else "random"
+    if method != "random" and k > min(r, c):
+        method = "random"
+    if method == "random":
+        scale = np.sqrt(mean / k)
+        left = scale * np.abs(rng.standard_normal((r, k)))
+        right = scale * np.abs(rng.standard_normal((k, c)))
+        return left.astype(dtype), right.astype(dtype)
+
+    seed = int(rng.integers(np.iinfo(np.int32).max))
+    Xs = X if sp.issparse(X) else np.asarray(X)
+    U, S, Vt = randomized_svd(Xs, k, random_state=seed)
+    left = np.zeros((r, k))
+    right = np.zeros((k, c))
+    left[:, 0] = np.sqrt(S[0]) * np.abs(U[:, 0])
+    right[0] = np.sqrt(S[0]) * np.abs(Vt[0])
+    for j in range(1, k):
+        u, v, weight = _positive_part_pair(U[:, j], Vt[j])
+        factor = np.sqrt(S[j] * weight)
+        left[:, j] = factor * u
+        right[j] = factor * v
+    left[left < 1e-12 * max(1.0, left.max())] = 0
+    right[right < 1e-12 * max(1.0, right.max())] = 0
+    if method == "nndsvda":
+        left[left == 0] = mean
+        right[right == 0] = mean
+    elif method == "nndsvdar":
+        left[left == 0] = (mean / 100) * rng.random(np.count_nonzero(left == 0))
+        right[right == 0] = (mean / 100) * rng.random(np.count_nonzero(right == 0))
+    return left.astype(dtype), right.astype(dtype)
+
+
+def project_on_G(G: np.ndarray, spectra: np.ndarray) -> np.ndarray:
+    """Non-negative least-squares ``W`` with ``G W ~ spectra``, column by column.
+
+    Entries that come out zero are lifted to 1 % of the mean entry so that the
+    multiplicative updates can move them.
+    """
+    G64 = np.asarray(G, dtype=np.float64)
+    W = np.column_stack([nnls(G64, col.astype(np.float64))[0] for col in spectra.T])
+    fill = 0.01 * W.mean() if W.mean() > 0 else 1.0
+    return np.maximum(W, fill).astype(spectra.dtype)

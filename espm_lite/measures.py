@@ -1,0 +1,126 @@
+"""Measures of a factorisation against a known truth.
+
+Spectra are compared by angle (scale-free), matched to the truth by the
+Hungarian algorithm; maps by mean squared error after the same matching.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+from scipy.special import xlogy
+
+
+def _as_2d(name: str, array) -> np.ndarray:
+    arr = np.asarray(array, dtype=np.float64)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array, got {arr.ndim} dimension(s).")
+    return arr
+
+
+def spectral_angles(true_spectra, est_spectra) -> np.ndarray:
+    """Angles in degrees between every true and every estimated spectrum.
+
+    Parameters
+    ----------
+    true_spectra : array-like (n, k_true)
+    est_spectra : array-like (n, k_est)
+
+    Returns
+    -------
+    ndarray (k_true, k_est)
+        ``arccos`` of the cosine similarity of the columns; a column of zeros
+        is at 90 degrees from everything.
+    """
+    T = _as_2d("true_spectra", true_spectra)
+    E = _as_2d("est_spectra", est_spectra)
+    if T.shape[0] != E.shape[0]:
+        raise ValueError(
+            f"true_spectra and est_spectra must have the same number of rows (channels), "
+            f"got {T.shape[0]} and {E.shape[0]}."
+        )
+    nt = np.linalg.norm(T, axis=0)
+    ne = np.linalg.norm(E, axis=0)
+    cos = (T.T @ E) / np.maximum(np.outer(nt, ne), np.finfo(float).tiny)
+    cos[(nt == 0)[:, None] | (ne == 0)[None, :]] = 0.0
+    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+
+
+def match_components(true_spectra, est_spectra) -> np.ndarray:
+    """Index of the estimated column matched to each true column (Hungarian, by angle).
+
+    Requires ``k_est >= k_true``.
+    """
+    angles = spectral_angles(true_spectra, est_spectra)
+    if angles.shape[1] < angles.shape[0]:
+        raise ValueError(
+            f"est_spectra has {angles.shape[1]} columns, fewer than the {angles.shape[0]} "
+            "true spectra to match."
+        )
+    rows, cols = linear_sum_assignment(angles)
+    order = np.empty(angles.shape[0], dtype=int)
+    order[rows] = cols
+    return order
+
+
+def matched_angles(true_spectra, est_spectra) -> np.ndarray:
+    """Angle in degrees of each true spectrum with its matched estimate, ``(k_true,)``."""
+    angles = spectral_angles(true_spectra, est_spectra)
+    order = match_components(true_spectra, est_spectra)
+    return angles[np.arange(angles.shape[0]), order]
+
+
+def matched_map_errors(
+    true_maps, est_maps, true_spectra=None, est_spectra=None, normalize: bool = True
+) -> np.ndarray:
+    """Mean squared error of each true map with its matched estimated map.
+
+    Parameters
+    ----------
+    true_maps : array-like (k_true, p)
+    est_maps : array-like (k_est, p)
+    true_spectra, est_spectra : array-like (n, k), optional
+        When given, maps are matched through their spectra and, with
+        ``normalize``, each estimated map is rescaled as if its spectrum had
+        the true spectrum's sum: ``est_map_r * sum(est_r) / sum(true_r)``.
+        Otherwise maps are matched by correlation and compared as they are.
+
+    Returns
+    -------
+    ndarray (k_true,)
+    """
+    Ht = _as_2d("true_maps", true_maps)
+    He = _as_2d("est_maps", est_maps)
+    if Ht.shape[1] != He.shape[1]:
+        raise ValueError(
+            f"true_maps and est_maps must have the same number of pixels (columns), "
+            f"got {Ht.shape[1]} and {He.shape[1]}."
+        )
+    if true_spectra is not None and est_spectra is not None:
+        T = _as_2d("true_spectra", true_spectra)
+        E = _as_2d("est_spectra", est_spectra)
+        order = match_components(T, E)
+        He = He[order]
+        if normalize:
+            scale = E[:, order].sum(axis=0) / np.maximum(T.sum(axis=0), np.finfo(float).tiny)
+            He = He * scale[:, None]
+    else:
+        centred_t = Ht - Ht.mean(axis=1, keepdims=True)
+        centred_e = He - He.mean(axis=1, keepdims=True)
+        nt = np.linalg.norm(centred_t, axis=1)
+        ne = np.linalg.norm(centred_e, axis=1)
+        corr = (centred_t @ centred_e.T) / np.maximum(np.outer(nt, ne), np.finfo(float).tiny)
+        rows, cols = linear_sum_assignment(-corr)
+        order = np.empty(Ht.shape[0], dtype=int)
+        order[rows] = cols
+        He = He[order]
+    return np.mean((Ht - He) ** 2, axis=1)
+
+
+def kl_divergence(X, Y) -> float:
+    """Generalised KL divergence ``sum X log(X / Y) - X + Y`` (with ``0 log 0 = 0``)."""
+    X = np.asarray(X, dtype=np.float64)
+    Y = np.asarray(Y, dtype=np.float64)
+    if X.shape != Y.shape:
+        raise ValueError(f"X and Y must have the same shape, got {X.shape} and {Y.shape}.")
+    return float(np.sum(xlogy(X, X) - xlogy(X, Y) - X + Y))

@@ -1,0 +1,34 @@
+import matplotlib
+import numpy as np
+import pytest
+
+matplotlib.use("Agg")
+
+
+@pytest.fixture(scope="session")
+def phantom_500():
+    """80x80 pixels, 3 phases, ~500 counts/pixel (the acceptance phantom, fewer channels)."""
+    from espm_lite.datasets import make_spectrum_image
+
+    return make_spectrum_image(
+        shape_2d=(80, 80), n_channels=400, n_phases=3, counts_per_pixel=500, seed=1
+    )
+
+
+@pytest.fixture(scope="session")
+def phantom_20():
+    """80x80 pixels, 3 phases, ~20 counts/pixel: noisy maps that smoothing should help."""
+    from espm_lite.datasets import make_spectrum_image
+
+    return make_spectrum_image(
+        shape_2d=(80, 80), n_channels=400, n_phases=3, counts_per_pixel=20, seed=3
+    )
+
+
+@pytest.fixture
+def small_problem():
+    """A small random Poisson problem, (n, p) = (30, 48) with a (6, 8) scan."""
+    rng = np.random.default_rng(0)
+    D = rng.random((30, 3)) ** 3
+    H = rng.dirichlet(np.ones(3), size=48).T
+    return rng.poisson(50 * D @ H).astype(np.float64)
