@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import expit
 
 MAP_KINDS = ("discs", "gradients")
 
@@ -75,6 +76,29 @@ def _check_positive_int(name: str, value) -> int:
     return int(value)
 
 
+def _check_positive_float(name: str, value) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive number, got {value!r}.") from None
+    if isinstance(value, bool) or not np.isfinite(out) or out <= 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}.")
+    return out
+
+
+def _check_shape_2d(shape_2d) -> tuple[int, int]:
+    try:
+        pair = tuple(shape_2d)
+    except TypeError:
+        raise ValueError(f"shape_2d must be a pair (ny, nx), got {shape_2d!r}.") from None
+    if len(pair) != 2:
+        raise ValueError(f"shape_2d must be a pair (ny, nx), got {shape_2d!r}.")
+    return (
+        _check_positive_int("shape_2d[0]", pair[0]),
+        _check_positive_int("shape_2d[1]", pair[1]),
+    )
+
+
 def _angles_deg(S: np.ndarray) -> np.ndarray:
     unit = S / np.linalg.norm(S, axis=0)
     cos = np.clip(unit.T @ unit, -1, 1)
@@ -86,12 +110,17 @@ def make_spectra(
 ) -> np.ndarray:
     """Phase spectra ``(n, k)``: Gaussian peaks over a decaying background, columns sum to 1.
 
-    Peaks (3 to 6 per phase, widths 0.05-0.15 keV) carry 60-80 % of each
+    Peaks (3 to 6 per phase, widths 0.05-0.15 keV) carry 75-90 % of each
     spectrum; phases are redrawn until every pair is more than 20 degrees apart.
     """
     n_channels = _check_positive_int("n_channels", n_channels)
     n_phases = _check_positive_int("n_phases", n_phases)
     energy = np.asarray(energy, dtype=np.float64)
+    if energy.shape != (n_channels,):
+        raise ValueError(
+            f"energy must be a 1-D array of n_channels={n_channels} values, "
+            f"got shape {energy.shape}."
+        )
     e_min, e_max = float(energy.min()), float(energy.max())
     span = max(e_max - e_min, 1e-9)
     channel_width = span / max(n_channels - 1, 1)
@@ -111,7 +140,7 @@ def make_spectra(
             if peaks.sum() <= 0:
                 peaks[rng.integers(n_channels)] = 1.0
             peaks /= peaks.sum()
-            peak_share = rng.uniform(0.6, 0.8)
+            peak_share = rng.uniform(0.75, 0.9)
             spectra[:, r] = peak_share * peaks + (1 - peak_share) * background
         spectra /= spectra.sum(axis=0)
         angles = _angles_deg(spectra)
@@ -121,36 +150,99 @@ def make_spectra(
     raise RuntimeError("could not draw phase spectra 20 degrees apart; use more channels")
 
 
-def make_maps(shape_2d, n_phases: int, kind: str, rng: np.random.Generator) -> np.ndarray:
+def _grid_shape(ny: int, nx: int, n_cells: int) -> tuple[int, int]:
+    """A grid ``(gy, gx)`` of at least ``n_cells`` cells (capped at the pixel count).
+
+    Cells hold at least one pixel each and are as square as possible.
+    """
+    n_cells = min(n_cells, ny * nx)
+    best, best_score = (ny, nx), np.inf
+    for gy in range(1, min(ny, n_cells) + 1):
+        gx = -(-n_cells // gy)
+        if gx > nx:
+            continue
+        score = abs(np.log((ny / gy) / (nx / gx))) + 0.3 * (gy * gx - n_cells) / n_cells
+        if score < best_score:
+            best, best_score = (gy, gx), score
+    return best
+
+
+def _cell_pixel(lo: float, hi: float, target: float) -> int:
+    """The pixel index ``i`` with ``lo <= i < hi`` that is nearest to ``target``."""
+    first, last = int(np.ceil(lo)), int(np.ceil(hi)) - 1
+    return int(np.clip(np.rint(target), first, max(first, last)))
+
+
+def _disc_weights(ny: int, nx: int, n_phases: int, rng: np.random.Generator) -> np.ndarray:
+    """Unnormalised ``(k, ny, nx)`` weights: a matrix phase 0 and soft-edged discs.
+
+    The scan is split into a grid of at least ``k`` cells; each of the phases
+    ``1 .. k-1`` gets a disc in a cell of its own, at least one cell is left to
+    the matrix, and the other cells may hold a second disc of a random phase.
+    Disc centres sit on pixels, so every phase is nearly pure somewhere
+    whenever the scan has at least ``k`` pixels.
+    """
+    gy, gx = _grid_shape(ny, nx, n_phases)
+    cell_h, cell_w = ny / gy, nx / gx
+    cell = min(cell_h, cell_w)
+    order = rng.permutation(gy * gx)
+    owners = [(r, int(order[(r - 1) % order.size])) for r in range(1, n_phases)]
+    for c in order[n_phases - 1 : -1]:  # the last cell stays matrix only
+        if rng.random() < 0.5:
+            owners.append((int(rng.integers(1, n_phases)), int(c)))
+    yy, xx = np.mgrid[0:ny, 0:nx].astype(np.float64)
+    fields = np.zeros((n_phases, ny, nx))
+    for r, c in owners:
+        iy, ix = divmod(c, gx)
+        rel_radius = rng.uniform(0.22, 0.32)
+        jitter = (0.5 - rel_radius - 0.1) * cell
+        cy = (iy + 0.5) * cell_h - 0.5 + rng.uniform(-jitter, jitter)
+        cx = (ix + 0.5) * cell_w - 0.5 + rng.uniform(-jitter, jitter)
+        cy = _cell_pixel(iy * cell_h - 0.5, (iy + 1) * cell_h - 0.5, cy)
+        cx = _cell_pixel(ix * cell_w - 0.5, (ix + 1) * cell_w - 0.5, cx)
+        radius = rel_radius * cell
+        dist = np.hypot(yy - cy, xx - cx)
+        # logistic edge, ~radius/5 wide: smooth in space, nearly 1 at the centre
+        fields[r] = np.maximum(fields[r], expit((radius - dist) / (0.2 * radius)))
+    # The matrix fades inside the discs, so disc centres are (nearly) pure.
+    fields[0] = np.clip(1.0 - fields[1:].max(axis=0), 0.0, None) + 1e-3
+    return fields
+
+
+def make_maps(
+    shape_2d: tuple[int, int], n_phases: int, kind: str, rng: np.random.Generator
+) -> np.ndarray:
     """Smooth abundance maps ``(k, p)`` whose columns sum to 1.
 
-    ``"discs"``: phase 0 is a matrix, every other phase sits in soft-edged
-    discs where it dominates (abundance > 0.8 at the centres).
-    ``"gradients"``: smooth ramps and waves, normalised per pixel.
+    Parameters
+    ----------
+    shape_2d : (int, int)
+        ``(ny, nx)``; ``p = ny * nx`` pixels, row-major.
+    n_phases : int
+        Number of phases ``k``.
+    kind : {"discs", "gradients"}
+        ``"discs"``: phase 0 is a matrix and every other phase sits in
+        soft-edged discs, nearly pure (abundance > 0.8) at their centres; the
+        matrix is nearly pure in at least one region too (every phase
+        dominates somewhere as long as ``p >= k``).
+        ``"gradients"``: smooth ramps and waves, normalised per pixel.
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    ndarray (k, p)
     """
-    ny, nx = (
-        _check_positive_int("shape_2d[0]", shape_2d[0]),
-        _check_positive_int("shape_2d[1]", shape_2d[1]),
-    )
+    ny, nx = _check_shape_2d(shape_2d)
     n_phases = _check_positive_int("n_phases", n_phases)
     if kind not in MAP_KINDS:
         raise ValueError(f"map_kind must be one of {MAP_KINDS}, got {kind!r}.")
-    yy, xx = np.meshgrid(np.linspace(0, 1, ny), np.linspace(0, 1, nx), indexing="ij")
     if n_phases == 1:
         return np.ones((1, ny * nx))
-    weights = np.empty((n_phases, ny, nx))
     if kind == "discs":
-        weights[0] = 0.15
-        for r in range(1, n_phases):
-            field = np.zeros((ny, nx))
-            for _ in range(int(rng.integers(1, 3))):
-                cy, cx = rng.uniform(0.15, 0.85, size=2)
-                radius = rng.uniform(0.12, 0.22)
-                dist = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
-                # soft edge of ~0.05 (relative size)
-                field = np.maximum(field, 1.0 / (1.0 + np.exp((dist - radius) / 0.03)))
-            weights[r] = 3.0 * field
+        weights = _disc_weights(ny, nx, n_phases, rng)
     else:
+        yy, xx = np.meshgrid(np.linspace(0, 1, ny), np.linspace(0, 1, nx), indexing="ij")
+        weights = np.empty((n_phases, ny, nx))
         for r in range(n_phases):
             angle = rng.uniform(0, np.pi)
             freq = rng.uniform(0.5, 1.5)
@@ -194,29 +286,31 @@ def make_spectrum_image(
     -------
     SyntheticSpectrumImage
     """
-    if len(tuple(shape_2d)) != 2:
-        raise ValueError(f"shape_2d must be a pair (ny, nx), got {shape_2d!r}.")
+    ny, nx = _check_shape_2d(shape_2d)
     n_channels = _check_positive_int("n_channels", n_channels)
     n_phases = _check_positive_int("n_phases", n_phases)
-    if not np.isfinite(counts_per_pixel) or counts_per_pixel <= 0:
-        raise ValueError(f"counts_per_pixel must be positive, got {counts_per_pixel!r}.")
-    if not energy_scale > 0:
-        raise ValueError(f"energy_scale must be positive, got {energy_scale!r}.")
+    counts_per_pixel = _check_positive_float("counts_per_pixel", counts_per_pixel)
+    energy_scale = _check_positive_float("energy_scale", energy_scale)
+    if isinstance(energy_offset, bool) or not np.isfinite(energy_offset):
+        raise ValueError(f"energy_offset must be a finite number, got {energy_offset!r}.")
     if map_kind not in MAP_KINDS:
         raise ValueError(f"map_kind must be one of {MAP_KINDS}, got {map_kind!r}.")
-    dtype = np.dtype(dtype)
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        raise ValueError(f"dtype must be a floating dtype, got {dtype!r}.") from None
     if dtype.kind != "f":
         raise ValueError(f"dtype must be a floating dtype, got {dtype}.")
     rng = np.random.default_rng(seed)
     energy = energy_offset + energy_scale * np.arange(n_channels)
     spectra = make_spectra(n_channels, n_phases, energy, rng)
-    maps = make_maps(tuple(shape_2d), n_phases, map_kind, rng)
+    maps = make_maps((ny, nx), n_phases, map_kind, rng)
     X = rng.poisson(counts_per_pixel * spectra @ maps).astype(dtype)
     return SyntheticSpectrumImage(
         X=X,
         spectra=spectra,
         maps=maps,
-        shape_2d=(int(shape_2d[0]), int(shape_2d[1])),
+        shape_2d=(ny, nx),
         energy=energy,
         counts_per_pixel=float(counts_per_pixel),
     )

@@ -1,10 +1,15 @@
-"""The main job: factor a synthetic spectrum image and write its figures.
+"""The main job: factor a synthetic EDX-like spectrum image through HyperSpy.
 
 Run ``python -m espm_lite.demo [--output DIR] [--size NY NX] [--channels N]``.
-It builds a 3-phase Poisson phantom with known truth, fits
-:class:`espm_lite.SmoothNMF` with and without Laplacian smoothing, prints the
-recovered-vs-true spectral angles and map errors, and writes
-``DIR/smoothnmf_demo.png`` (maps and spectra against the truth).
+
+It builds a 3-phase Poisson phantom with known truth as a HyperSpy signal of
+espm_lite's registered type ``EDS_espm_lite`` (integer counts, keV axis, beam
+energy), factors it with ``s.decomposition(algorithm="SmoothNMF", ...)`` with
+and without Laplacian smoothing of the maps, prints the recovered-vs-true
+spectral angles and map errors, and writes
+
+* ``DIR/smoothnmf_demo.png``: true and recovered maps and spectra,
+* ``DIR/smoothnmf_demo.hspy``: the signal with its (smoothed) decomposition.
 """
 
 from __future__ import annotations
@@ -16,47 +21,49 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+import hyperspy.api as hs  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from espm_lite import SmoothNMF  # noqa: E402
 from espm_lite.datasets import make_spectrum_image  # noqa: E402
 from espm_lite.measures import match_components  # noqa: E402
 
 
-def _figure(data, fits, path: Path) -> None:
+def make_signal(data) -> hs.signals.BaseSignal:
+    """The phantom as an ``EDS_espm_lite`` signal of integer counts."""
+    s = hs.signals.Signal1D(data.to_hspy_layout().astype(np.int64))
+    s.set_signal_type("EDS_espm_lite")
+    axis = s.axes_manager.signal_axes[0]
+    axis.name, axis.units = "Energy", "keV"
+    axis.offset, axis.scale = float(data.energy[0]), float(data.energy[1] - data.energy[0])
+    for nav_axis, name in zip(s.axes_manager.navigation_axes, ("x", "y"), strict=True):
+        nav_axis.name, nav_axis.units = name, "nm"
+    s.metadata.set_item("Acquisition_instrument.TEM.beam_energy", 200.0)
+    s.metadata.General.title = "Synthetic 3-phase EDX spectrum image"
+    return s
+
+
+def _figure(data, results, path: Path) -> None:
     k = data.spectra.shape[1]
     ny, nx = data.shape_2d
-    rows = 1 + len(fits)
+    rows = 1 + len(results)
     fig, axes = plt.subplots(rows, k + 1, figsize=(3.2 * (k + 1), 2.8 * rows), squeeze=False)
     for r in range(k):
         axes[0, r].imshow(data.maps[r].reshape(ny, nx), vmin=0, vmax=1, cmap="viridis")
         axes[0, r].set_title(f"true map {r}")
     axes[0, k].plot(data.energy, data.spectra)
     axes[0, k].set_title("true spectra")
-    axes[0, k].set_xlabel("energy (keV)")
-    for row, (label, est) in enumerate(fits, start=1):
-        D = (
-            est.components_.T
-            if est.hspy_comp
-            else est.G_ @ est.W_
-            if est.G_ is not None
-            else est.W_
-        )
-        order = match_components(data.spectra, D)
-        scale = D[:, order].sum(axis=0)
+    for row, (label, factors, loadings) in enumerate(results, start=1):
+        order = match_components(data.spectra, factors)
+        scale = factors[:, order].sum(axis=0)
         for r in range(k):
-            j = order[r]
-            axes[row, r].imshow(
-                (est.H_[j] * scale[r] / data.counts_per_pixel).reshape(ny, nx),
-                vmin=0,
-                vmax=1,
-                cmap="viridis",
-            )
+            abundance = loadings[order[r]] * scale[r] / data.counts_per_pixel
+            axes[row, r].imshow(abundance.reshape(ny, nx), vmin=0, vmax=1, cmap="viridis")
             axes[row, r].set_title(f"{label}: map {r}")
-        axes[row, k].plot(data.energy, D[:, order] / scale)
+        axes[row, k].plot(data.energy, factors[:, order] / scale)
         axes[row, k].set_title(f"{label}: spectra")
-        axes[row, k].set_xlabel("energy (keV)")
+    for ax in axes[:, k]:
+        ax.set_xlabel("energy (keV)")
     for ax in axes[:, :k].ravel():
         ax.set_xticks([])
         ax.set_yticks([])
@@ -76,46 +83,44 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
 
-    shape_2d = tuple(args.size)
     data = make_spectrum_image(
-        shape_2d=shape_2d,
+        shape_2d=tuple(args.size),
         n_channels=args.channels,
         n_phases=3,
         counts_per_pixel=args.counts,
         seed=args.seed,
     )
-    print(
-        f"phantom: {shape_2d[0]}x{shape_2d[1]} pixels, {args.channels} channels, "
-        f"{args.counts:g} counts/pixel, 3 phases"
-    )
-    fits = []
-    for label, params in [
-        ("plain", dict()),
-        ("smoothed", dict(shape_2d=shape_2d, lambda_L=2.0)),
-    ]:
-        est = SmoothNMF(
-            n_components=3,
+    s = make_signal(data)
+    print(f"{s}: {args.counts:g} counts/pixel, 3 phases")
+    results = []
+    for label, lambda_L in [("plain", 0.0), ("smoothed", 2.0)]:
+        start = time.perf_counter()
+        est = s.decomposition(
+            algorithm="SmoothNMF",
+            output_dimension=3,
+            lambda_L=lambda_L,
             tol=1e-5,
-            max_iter=500,
+            max_iter=1000,
             random_state=args.seed,
             verbose=0,
-            normalize=True,
-            **params,
+            return_info=True,
         )
-        start = time.perf_counter()
-        D = est.fit_transform(data.X)
         elapsed = time.perf_counter() - start
-        angles = data.angles(D)
-        errors = data.map_errors(D, est.H_)
+        factors = s.get_decomposition_factors().data.T  # (channels, k)
+        loadings = s.get_decomposition_loadings().data.reshape(3, -1)  # (k, pixels)
+        angles = data.angles(factors)
+        errors = data.map_errors(factors, loadings)
         print(
             f"{label:>9}: {est.n_iter_:4d} iterations in {elapsed:6.2f} s; "
             f"angles (deg) {np.array2string(angles, precision=2)}; "
             f"map MSE {np.array2string(errors, precision=4)}"
         )
-        fits.append((label, est))
-    path = out / "smoothnmf_demo.png"
-    _figure(data, fits, path)
-    print(f"figure written to {path}")
+        results.append((label, factors, loadings))
+    figure = out / "smoothnmf_demo.png"
+    _figure(data, results, figure)
+    saved = out / "smoothnmf_demo.hspy"
+    s.save(saved, overwrite=True)
+    print(f"figure written to {figure}; signal with its decomposition saved to {saved}")
     return 0
 
 

@@ -1,0 +1,23 @@
+"""HyperSpy integration: signal classes and ``decomposition`` with espm_lite estimators.
+
+Importing this module imports HyperSpy and exspy; ``import espm_lite`` alone
+does not.
+"""
+
+from .decomposition import ALGORITHMS, EspmDecompositionMixin, resolve_estimator
+from .signals import (
+    EDSespmSpectrum,
+    EspmSpectrumImage,
+    LazyEDSespmSpectrum,
+    LazyEspmSpectrumImage,
+)
+
+__all__ = [
+    "ALGORITHMS",
+    "EDSespmSpectrum",
+    "EspmDecompositionMixin",
+    "EspmSpectrumImage",
+    "LazyEDSespmSpectrum",
+    "LazyEspmSpectrumImage",
+    "resolve_estimator",
+]
