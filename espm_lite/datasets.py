@@ -64,6 +64,34 @@ class SyntheticSpectrumImage:
 
         return matched_map_errors(self.maps, maps, self.spectra * self.counts_per_pixel, spectra)
 
+    def to_signal(self, signal_type: str = "EDS_espm_lite", beam_energy: float = 200.0):
+        """The phantom as a HyperSpy signal of integer counts.
+
+        Parameters
+        ----------
+        signal_type : str, default "EDS_espm_lite"
+            Any registered signal type (``"spectrum_image"`` for the generic one).
+        beam_energy : float, default 200
+            keV, written to ``Acquisition_instrument.TEM.beam_energy``.
+
+        Returns
+        -------
+        hyperspy signal of shape ``(nx, ny | n)`` with a keV energy axis.
+        """
+        import hyperspy.api as hs
+
+        s = hs.signals.Signal1D(np.rint(self.to_hspy_layout()).astype(np.int64))
+        s.set_signal_type(signal_type)
+        axis = s.axes_manager.signal_axes[0]
+        axis.name, axis.units = "Energy", "keV"
+        axis.offset = float(self.energy[0])
+        axis.scale = float(self.energy[1] - self.energy[0]) if self.energy.size > 1 else 1.0
+        for nav_axis, name in zip(s.axes_manager.navigation_axes, ("x", "y"), strict=False):
+            nav_axis.name, nav_axis.units = name, "nm"
+        s.metadata.set_item("Acquisition_instrument.TEM.beam_energy", float(beam_energy))
+        s.metadata.General.title = f"Synthetic {self.spectra.shape[1]}-phase spectrum image"
+        return s
+
     def to_hspy_layout(self) -> np.ndarray:
         """The counts as ``(ny, nx, n)``, HyperSpy's layout of a spectrum image (a new array)."""
         ny, nx = self.shape_2d
@@ -147,7 +175,10 @@ def make_spectra(
         off_diagonal = angles[~np.eye(n_phases, dtype=bool)]
         if n_phases == 1 or off_diagonal.min() > 20.0:
             return spectra
-    raise RuntimeError("could not draw phase spectra 20 degrees apart; use more channels")
+    raise RuntimeError(
+        "could not draw phase spectra more than 20 degrees apart; widen the energy range "
+        "(more channels or a larger energy_scale) or use fewer phases."
+    )
 
 
 def _grid_shape(ny: int, nx: int, n_cells: int) -> tuple[int, int]:
@@ -194,16 +225,16 @@ def _disc_weights(ny: int, nx: int, n_phases: int, rng: np.random.Generator) -> 
     fields = np.zeros((n_phases, ny, nx))
     for r, c in owners:
         iy, ix = divmod(c, gx)
-        rel_radius = rng.uniform(0.22, 0.32)
-        jitter = (0.5 - rel_radius - 0.1) * cell
+        rel_radius = rng.uniform(0.38, 0.45)
+        jitter = max(0.0, 0.5 - rel_radius - 0.05) * cell
         cy = (iy + 0.5) * cell_h - 0.5 + rng.uniform(-jitter, jitter)
         cx = (ix + 0.5) * cell_w - 0.5 + rng.uniform(-jitter, jitter)
         cy = _cell_pixel(iy * cell_h - 0.5, (iy + 1) * cell_h - 0.5, cy)
         cx = _cell_pixel(ix * cell_w - 0.5, (ix + 1) * cell_w - 0.5, cx)
         radius = rel_radius * cell
         dist = np.hypot(yy - cy, xx - cx)
-        # logistic edge, ~radius/5 wide: smooth in space, nearly 1 at the centre
-        fields[r] = np.maximum(fields[r], expit((radius - dist) / (0.2 * radius)))
+        # logistic edge, ~radius/7 wide: smooth in space, nearly 1 at the centre
+        fields[r] = np.maximum(fields[r], expit((radius - dist) / (0.15 * radius)))
     # The matrix fades inside the discs, so disc centres are (nearly) pure.
     fields[0] = np.clip(1.0 - fields[1:].max(axis=0), 0.0, None) + 1e-3
     return fields

@@ -19,31 +19,15 @@ import time
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import hyperspy.api as hs  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from espm_lite.datasets import make_spectrum_image  # noqa: E402
-from espm_lite.measures import match_components  # noqa: E402
-
-
-def make_signal(data) -> hs.signals.BaseSignal:
-    """The phantom as an ``EDS_espm_lite`` signal of integer counts."""
-    s = hs.signals.Signal1D(data.to_hspy_layout().astype(np.int64))
-    s.set_signal_type("EDS_espm_lite")
-    axis = s.axes_manager.signal_axes[0]
-    axis.name, axis.units = "Energy", "keV"
-    axis.offset, axis.scale = float(data.energy[0]), float(data.energy[1] - data.energy[0])
-    for nav_axis, name in zip(s.axes_manager.navigation_axes, ("x", "y"), strict=True):
-        nav_axis.name, nav_axis.units = name, "nm"
-    s.metadata.set_item("Acquisition_instrument.TEM.beam_energy", 200.0)
-    s.metadata.General.title = "Synthetic 3-phase EDX spectrum image"
-    return s
+from espm_lite.datasets import make_spectrum_image
+from espm_lite.measures import match_components
 
 
 def _figure(data, results, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
     k = data.spectra.shape[1]
     ny, nx = data.shape_2d
     rows = 1 + len(results)
@@ -80,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--counts", type=float, default=50.0, help="counts per pixel")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    matplotlib.use("Agg")  # files only, no display needed
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -90,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         counts_per_pixel=args.counts,
         seed=args.seed,
     )
-    s = make_signal(data)
+    s = data.to_signal("EDS_espm_lite")
     print(f"{s}: {args.counts:g} counts/pixel, 3 phases")
     results = []
     for label, lambda_L in [("plain", 0.0), ("smoothed", 2.0)]:

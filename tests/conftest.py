@@ -11,7 +11,7 @@ def phantom_500():
     from espm_lite.datasets import make_spectrum_image
 
     return make_spectrum_image(
-        shape_2d=(80, 80), n_channels=400, n_phases=3, counts_per_pixel=500, seed=2
+        shape_2d=(80, 80), n_channels=400, n_phases=3, counts_per_pixel=500, seed=3
     )
 
 

@@ -24,7 +24,7 @@ SHAPE = (80, 80)
 @pytest.fixture(scope="module")
 def phantom():
     return make_spectrum_image(
-        shape_2d=SHAPE, n_channels=400, n_phases=3, counts_per_pixel=500, seed=2
+        shape_2d=SHAPE, n_channels=400, n_phases=3, counts_per_pixel=500, seed=3
     )
 
 
