@@ -17,6 +17,16 @@ All kernels work in the *pixels x channels* layout: the data ``X`` is
 ``(p, n)`` (C-contiguous, or CSR when sparse), the maps are ``A = H^T``
 ``(p, k)`` and the channel-space spectra ``D = G W`` ``(n, k)``, so that the
 model is ``Y = A D^T``.  A block of pixels is then a contiguous block of rows.
+
+Sparse data
+-----------
+Counts of low-dose spectrum images are mostly zeros.  The KL data term and its
+gradients only need the model ``Y_ij`` where ``X_ij > 0`` (``sum Y`` comes from
+column sums), so for CSR data :func:`data_pass` evaluates ``Y`` at the stored
+entries only and uses sparse-times-dense products: an iteration costs
+``O(nnz k)`` time and memory instead of ``O(n p k)``.  The data are split once
+into row blocks (:class:`SparseData`); dense data that are mostly zeros can
+be sent there too (:func:`choose_path`, :data:`SPARSE_DENSITY_THRESHOLD`).
 """
 
 from __future__ import annotations
@@ -28,7 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 #: Size in bytes of one block of data rows processed at once by :func:`data_pass`.
 BLOCK_BYTES = 1 << 20
@@ -40,24 +50,232 @@ def row_blocks(n_rows: int, n_cols: int, itemsize: int) -> list[slice]:
     return [slice(start, min(start + size, n_rows)) for start in range(0, n_rows, size)]
 
 
+#: Number of stored entries per row block of the sparse path of :func:`data_pass`.
+SPARSE_BLOCK_NNZ = 1 << 16
+
+#: Density (fraction of non-zero entries) below which ``sparse="auto"`` sends
+#: dense float64 data to the sparse path.  Measured with
+#: ``benchmarks/bench_sparse.py`` (table 2, 80x80x1980 phantom, 2 cores): the
+#: sparse path costs about 170 ms x density per iteration, the dense path about
+#: 32 ms in float64 (16 ms in float32), so they cross near a density of 0.19
+#: (0.1 in float32); at 500 counts/pixel (density 0.13) sparse takes 22 ms,
+#: dense 36 ms.
+SPARSE_DENSITY_THRESHOLD = 0.18
+
+#: The same for float32 data (the dense path is twice as fast in float32, the
+#: sparse path, bound by index gathers, much less).
+SPARSE_DENSITY_THRESHOLD_FLOAT32 = 0.09
+
+
 def dense_block(X, rows: slice) -> np.ndarray:
-    """Rows ``rows`` of ``X`` as a dense array (a view for dense ``X``)."""
+    """Rows ``rows`` of ``X`` as a dense array (a view for dense ``X``).
+
+    ``X`` may be a sparse matrix (or :class:`DensifiedRows`); the block is then
+    densified, which is what the dense path does with sparse data it was
+    forced to take.
+    """
+    if isinstance(X, DensifiedRows):
+        X = X.csr
     block = X[rows]
     if sp.issparse(block):
         return block.toarray()
     return block
 
 
+def canonical_csr(X) -> sp.csr_matrix:
+    """``X`` as a CSR matrix without duplicate entries, never modifying the input.
+
+    A canonical CSR input is returned as is (no copy); otherwise a new matrix
+    is built and its duplicates summed.
+    """
+    if not sp.issparse(X):
+        return sp.csr_matrix(X)
+    if X.format == "csr":
+        if X.has_canonical_format:
+            return X
+        X = X.copy()
+    else:
+        X = X.tocsr()
+    X.sum_duplicates()
+    return X
+
+
+@dataclass(frozen=True)
+class SparseRowBlock:
+    """One block of rows of a :class:`SparseData`.
+
+    Attributes
+    ----------
+    rows : slice
+        Rows of the data in the block.
+    matrix : scipy.sparse.csr_matrix (rows, n)
+        The block, sharing ``data`` and ``indices`` with the whole matrix.
+    local_rows : ndarray of intp (nnz_b,)
+        Row of each stored entry, relative to ``rows.start``.
+    cols : ndarray of intp (nnz_b,)
+        Column of each stored entry.
+    """
+
+    rows: slice
+    matrix: sp.csr_matrix
+    local_rows: np.ndarray
+    cols: np.ndarray
+
+    @property
+    def values(self) -> np.ndarray:
+        return self.matrix.data
+
+
+class SparseData:
+    """CSR data ``(p, n)`` split once into row blocks for the sparse path.
+
+    Each block holds about :data:`SPARSE_BLOCK_NNZ` stored entries (at least
+    one row) and the row and column index of each entry, so that an iteration
+    only gathers and scatters.  Extra memory: two index arrays of ``nnz``
+    entries.
+
+    Parameters
+    ----------
+    X : sparse matrix or ndarray (p, n)
+        Converted with :func:`canonical_csr` (the input is never modified; a
+        canonical CSR matrix is used without copy).
+    block_nnz : int, optional
+        Stored entries per block (default :data:`SPARSE_BLOCK_NNZ`).
+    """
+
+    def __init__(self, X, block_nnz: int | None = None):
+        csr = canonical_csr(X)
+        self.csr = csr
+        p, n = csr.shape
+        indptr = csr.indptr.astype(np.intp, copy=False)
+        block_nnz = max(1, int(block_nnz or SPARSE_BLOCK_NNZ))
+        targets = np.arange(block_nnz, csr.nnz, block_nnz)
+        cuts = np.unique(np.concatenate([[0], np.searchsorted(indptr, targets, "right"), [p]]))
+        cuts = cuts[(cuts >= 0) & (cuts <= p)]
+        blocks = []
+        for start, stop in zip(cuts[:-1], cuts[1:], strict=True):
+            lo, hi = indptr[start], indptr[stop]
+            local_indptr = (indptr[start : stop + 1] - lo).astype(csr.indices.dtype)
+            matrix = sp.csr_matrix(
+                (csr.data[lo:hi], csr.indices[lo:hi], local_indptr),
+                shape=(stop - start, n),
+                copy=False,
+            )
+            local_rows = np.repeat(np.arange(stop - start, dtype=np.intp), np.diff(local_indptr))
+            cols = csr.indices[lo:hi].astype(np.intp)
+            blocks.append(SparseRowBlock(slice(int(start), int(stop)), matrix, local_rows, cols))
+        self.blocks: list[SparseRowBlock] = blocks
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.csr.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.csr.dtype
+
+    @property
+    def nnz(self) -> int:
+        return self.csr.nnz
+
+
+@dataclass(frozen=True)
+class DensifiedRows:
+    """Sparse data sent to the dense path: each block is densified in turn."""
+
+    csr: sp.csr_matrix
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.csr.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.csr.dtype
+
+
+def density(X) -> float:
+    """Fraction of non-zero entries of ``X`` (dense or sparse)."""
+    size = X.shape[0] * X.shape[1]
+    if size == 0:
+        return 0.0
+    if sp.issparse(X):
+        return X.count_nonzero() / size
+    return np.count_nonzero(X) / size
+
+
+def choose_path(X, sparse="auto") -> str:
+    """Which path of :func:`data_pass` suits ``X``: ``"sparse"`` or ``"dense"``.
+
+    Parameters
+    ----------
+    X : ndarray or sparse matrix
+    sparse : {"auto", True, False} or float in (0, 1]
+        ``True`` / ``False`` force the path.  ``"auto"``: sparse matrices take
+        the sparse path, dense arrays take it when their density is below
+        :data:`SPARSE_DENSITY_THRESHOLD` (float64) or
+        :data:`SPARSE_DENSITY_THRESHOLD_FLOAT32`; a float is used as that
+        threshold for dense arrays of either type.
+
+    Returns
+    -------
+    str
+    """
+    if sparse is True or sparse is False:
+        return "sparse" if sparse else "dense"
+    if isinstance(sparse, str):
+        if sparse != "auto":
+            raise ValueError(
+                f"sparse must be 'auto', True, False or a density threshold in (0, 1], "
+                f"got {sparse!r}."
+            )
+        threshold = (
+            SPARSE_DENSITY_THRESHOLD_FLOAT32 if X.dtype == np.float32 else SPARSE_DENSITY_THRESHOLD
+        )
+    else:
+        threshold = float(sparse)
+        if not 0 < threshold <= 1:
+            raise ValueError(f"sparse as a density threshold must be in (0, 1], got {sparse!r}.")
+    if sp.issparse(X):
+        return "sparse"
+    return "sparse" if density(X) < threshold else "dense"
+
+
+def prepare_data(X, path: str):
+    """``X`` (p, n) in the form :func:`data_pass` takes for ``path``.
+
+    ``"sparse"``: a :class:`SparseData` (dense ``X`` is converted to CSR once,
+    O(nnz) memory).  ``"dense"``: dense ``X`` as is, sparse ``X`` wrapped in
+    :class:`DensifiedRows` (densified block by block at every pass).
+    """
+    if path == "sparse":
+        return X if isinstance(X, SparseData) else SparseData(X)
+    if path != "dense":
+        raise ValueError(f"path must be 'sparse' or 'dense', got {path!r}.")
+    if isinstance(X, SparseData):
+        return DensifiedRows(X.csr)
+    if sp.issparse(X):
+        return DensifiedRows(canonical_csr(X))
+    return X
+
+
+def _values(X):
+    """The array holding the entries of ``X`` (stored values when sparse)."""
+    if isinstance(X, (SparseData, DensifiedRows)):
+        X = X.csr
+    return X.data if sp.issparse(X) else X
+
+
 def xlogx_sum(X) -> float:
     """``sum X log X`` with ``0 log 0 = 0`` (dense or sparse ``X``)."""
-    values = X.data if sp.issparse(X) else X
+    values = _values(X)
     positive = values[values > 0]
     return float(np.dot(positive.astype(np.float64), np.log(positive.astype(np.float64))))
 
 
 def data_sum(X) -> float:
     """``sum X`` in float64."""
-    return float(X.sum(dtype=np.float64))
+    return float(_values(X).sum(dtype=np.float64))
 
 
 def data_constants(X, loss: str) -> tuple[float, float]:
@@ -66,7 +284,7 @@ def data_constants(X, loss: str) -> tuple[float, float]:
     KL: ``(sum X log X, sum X)``; Frobenius: ``(||X||^2, 0)``.
     """
     if loss == "l2":
-        values = X.data if sp.issparse(X) else X
+        values = _values(X)
         return float(np.vdot(values, values)), 0.0
     return xlogx_sum(X), data_sum(X)
 
@@ -103,7 +321,7 @@ def data_pass(
     need_loss: bool = True,
     x_constants: tuple[float, float] = (0.0, 0.0),
 ) -> PassResult:
-    """One pass over the data: data term, map update and spectra-gradient terms.
+    r"""One pass over the data: data term, map update and spectra-gradient terms.
 
     For each block ``b`` of pixels it computes, with ``Y_b = A_b D^T``:
 
@@ -118,12 +336,27 @@ def data_pass(
 
     The two half-steps share one read of each data block while it is in
     cache, no ``(n, p)`` temporary is formed, and the blocks are spread over
-    :func:`num_threads` threads (NumPy releases the GIL in its kernels).
+    :func:`num_threads` threads (NumPy and SciPy release the GIL in their
+    kernels).
+
+    **Sparse path** (``X`` a :class:`SparseData` or a sparse matrix): the
+    model is evaluated only at the stored entries ``(i, j)`` of the block,
+
+    .. math:: y_{ij} = \sum_l A_{il} D_{jl},
+
+    the KL terms are ``-sum_ij x_ij log y_ij`` (``sum Y = 1^T D^T A 1`` and
+    ``sum X log X - sum X`` come from column sums and ``x_constants``), ``R``
+    is the CSR matrix of ``x_ij / y_ij`` with the structure of ``X``, and the
+    products ``R_b D``, ``R_b^T A_b``, ``(X / Y^2)_b`` times the Hessian rows,
+    ``X_b D`` and ``X_b^T A_b`` are sparse-times-dense: ``O(nnz k)`` time, no
+    ``(rows, n)`` buffer, the data never densified.  Both paths give the same
+    results up to rounding.
 
     Parameters
     ----------
-    X : ndarray or sparse matrix of shape (p, n)
-        Data, never written to.
+    X : ndarray, sparse matrix, SparseData or DensifiedRows of shape (p, n)
+        Data, never written to.  A sparse matrix takes the sparse path (split
+        into blocks at each call: prefer a :class:`SparseData` made once).
     A : ndarray of shape (p, k)
         Maps, updated in place when ``map_rule`` is given.
     D : ndarray of shape (n, k)
@@ -145,6 +378,9 @@ def data_pass(
     -------
     PassResult
     """
+    if sp.issparse(X):
+        X = SparseData(X)
+    sparse = isinstance(X, SparseData)
     p, n = X.shape
     k = A.shape[1]
     dtype = A.dtype
@@ -157,15 +393,22 @@ def data_pass(
         if need_curvature and loss == "kl"
         else None
     )
+    l2_curvature = np.linalg.eigvalsh(gram_d)[-1] if need_curvature and loss == "l2" else None
     Dt = np.ascontiguousarray(D.T)
     total = 0.0
     if need_loss and loss == "kl":
         total = x_constants[0] - x_constants[1] + float(col_d @ A.sum(axis=0, dtype=np.float64))
     if need_loss and loss == "l2":
         total = 0.5 * x_constants[0] + 0.5 * float(np.sum((A.T @ A) * gram_d))
-    blocks = row_blocks(p, n, np.dtype(dtype).itemsize)
 
-    def run(my_blocks: list[slice]) -> tuple[float, np.ndarray | None]:
+    def l2_terms(Xb, Ab, nb):
+        negative = Xb @ D
+        positive = Ab @ gram_d
+        part = -float(np.vdot(Ab, negative)) if need_loss else 0.0
+        curvature = None if l2_curvature is None else np.full(nb, l2_curvature, dtype=dtype)
+        return negative, positive, curvature, part
+
+    def run_dense(my_blocks: list[slice]) -> tuple[float, np.ndarray | None]:
         rows_max = max((b.stop - b.start for b in my_blocks), default=0)
         buf_y = np.empty((rows_max, n), dtype=dtype)
         buf_r = np.empty((rows_max, n), dtype=dtype)
@@ -188,18 +431,10 @@ def data_pass(
                 curvature = None
                 if outer_rows is not None:
                     np.divide(R, Y, out=Y)
-                    hessians = (Y @ outer_rows).reshape(nb, k, k)
-                    curvature = np.linalg.eigvalsh(hessians)[:, -1]
+                    curvature = _largest_eigenvalues(Y @ outer_rows, k)
             else:
-                negative = Xb @ D
-                positive = Ab @ gram_d
-                if need_loss:
-                    part -= float(np.vdot(Ab, negative))
-                curvature = (
-                    np.full(nb, np.linalg.eigvalsh(gram_d)[-1], dtype=dtype)
-                    if need_curvature
-                    else None
-                )
+                negative, positive, curvature, loss_part = l2_terms(Xb, Ab, nb)
+                part += loss_part
             if map_rule is not None:
                 A[rows] = map_rule(rows, negative, positive, curvature)
                 Ab = A[rows]
@@ -210,12 +445,62 @@ def data_pass(
                 w_neg += (R.T @ Ab) if loss == "kl" else (Xb.T @ Ab)
         return part, w_neg
 
+    def run_sparse(my_blocks: list[SparseRowBlock]) -> tuple[float, np.ndarray | None]:
+        w_neg = np.zeros((n, k), dtype=dtype) if need_w_terms else None
+        part = 0.0
+        for block in my_blocks:
+            rows = block.rows
+            nb = rows.stop - rows.start
+            Xb = block.matrix
+            Ab = A[rows]
+            R = None
+            if loss == "kl":
+                values = block.values
+                # The spectra at the columns of the stored entries: D does not change
+                # during the pass, so they serve before and after the map update.
+                d_cols = [np.take(Dt[l], block.cols) for l in range(k)]
+                y = _model_at(Ab, block.local_rows, d_cols)
+                if need_loss:
+                    part -= float(np.dot(values, np.log(y)))
+                ratio = np.divide(values, y, out=None if outer_rows is not None else y)
+                R = _like(Xb, ratio)
+                negative = np.asarray(R @ D)
+                positive = np.broadcast_to(col_d, negative.shape)
+                curvature = None
+                if outer_rows is not None:
+                    # X / Y^2 at the stored entries, times the rows D_i (x) D_i.
+                    hessians = np.asarray(_like(Xb, np.divide(ratio, y, out=y)) @ outer_rows)
+                    curvature = _largest_eigenvalues(hessians, k)
+            else:
+                negative, positive, curvature, loss_part = l2_terms(Xb, Ab, nb)
+                negative = np.asarray(negative)
+                part += loss_part
+            if map_rule is not None:
+                A[rows] = map_rule(rows, negative, positive, curvature)
+                Ab = A[rows]
+                if loss == "kl" and need_w_terms:
+                    y = _model_at(Ab, block.local_rows, d_cols)
+                    R = _like(Xb, np.divide(values, y, out=y))
+            if need_w_terms:
+                w_neg += np.asarray((R.T @ Ab) if loss == "kl" else (Xb.T @ Ab))
+        return part, w_neg
+
+    if sparse:
+        blocks, run = X.blocks, run_sparse
+    else:
+        blocks, run = row_blocks(p, n, np.dtype(dtype).itemsize), run_dense
     threads = min(num_threads(), len(blocks))
-    if threads <= 1:
+    if threads <= 1 and not sparse:
         results = [run(blocks)]
     else:
-        with threadpool_limits(1, user_api="blas"):
-            results = list(_executor().map(run, [blocks[i::threads] for i in range(threads)]))
+        # One BLAS thread per worker; the sparse path never needs BLAS threads
+        # (waking them for its small products costs more than they bring).
+        with _blas_controller().limit(limits=1, user_api="blas"):
+            if threads <= 1:
+                results = [run(blocks)]
+            else:
+                parts = [blocks[i::threads] for i in range(threads)]
+                results = list(_executor().map(run, parts))
     total += sum(part for part, _ in results)
     w_neg = None
     if need_w_terms:
@@ -225,7 +510,41 @@ def data_pass(
     return PassResult(data_loss=total if need_loss else None, w_negative=w_neg)
 
 
+def _model_at(Ab: np.ndarray, local_rows: np.ndarray, d_cols: list[np.ndarray]) -> np.ndarray:
+    r"""The model ``y_e = \sum_l A_{r_e l} D_{c_e l}`` at stored entries ``e``.
+
+    ``local_rows`` are the rows ``r_e`` (in the block ``Ab``) and ``d_cols[l]``
+    the gathered ``D_{c_e l}``: one gather and one multiply-add per component,
+    on contiguous 1-D arrays (faster than gathering ``(nnz, k)`` rows).
+    """
+    At = np.ascontiguousarray(Ab.T)
+    y = np.take(At[0], local_rows)
+    y *= d_cols[0]
+    for l in range(1, len(d_cols)):
+        y += np.take(At[l], local_rows) * d_cols[l]
+    return y
+
+
+def _like(matrix: sp.csr_matrix, values: np.ndarray) -> sp.csr_matrix:
+    """A CSR matrix with the structure of ``matrix`` and the stored ``values``."""
+    return sp.csr_matrix((values, matrix.indices, matrix.indptr), shape=matrix.shape, copy=False)
+
+
+def _largest_eigenvalues(hessian_rows: np.ndarray, k: int) -> np.ndarray:
+    """Largest eigenvalue of each ``(k, k)`` matrix stored as a row of ``k * k`` entries."""
+    return np.linalg.eigvalsh(hessian_rows.reshape(-1, k, k))[:, -1]
+
+
 _EXECUTOR: ThreadPoolExecutor | None = None
+_BLAS_CONTROLLER: ThreadpoolController | None = None
+
+
+def _blas_controller() -> ThreadpoolController:
+    """A cached :class:`threadpoolctl.ThreadpoolController` (building one scans libraries)."""
+    global _BLAS_CONTROLLER
+    if _BLAS_CONTROLLER is None:
+        _BLAS_CONTROLLER = ThreadpoolController()
+    return _BLAS_CONTROLLER
 
 
 def num_threads() -> int:
@@ -360,7 +679,21 @@ def mu_update(
     pos_free = np.where(free, positive, np.inf) if free is not None else positive
     lower = -pos_free.min(axis=1) * (1 - 1e-12)
     num_free = numerator if free is None else numerator * free
-    upper = np.maximum(num_free.sum(axis=1), 0.0) + np.abs(lower) + 1.0
+    num_sum = num_free.sum(axis=1)
+    upper = np.maximum(num_sum, 0.0) + np.abs(lower) + 1.0
+    # Tighter bracket from the sum S of the free numerators: with P the largest
+    # (smallest) free denominator term, sum_i num_i / (pos_i + nu) >= S / (P + nu)
+    # (<=), so the sum is >= 1 at nu = S - P_max, and <= 1 at nu = S - P_min when
+    # the floors do not bind (checked).  When the denominators of a row are
+    # equal (the W update with G = I) this is the exact root.
+    pos_free_max = (np.where(free, positive, -np.inf) if free is not None else positive).max(axis=1)
+    with np.errstate(invalid="ignore"):
+        tight_lower = np.where(num_sum > 0, np.maximum(lower, num_sum - pos_free_max), lower)
+        tight_upper = np.maximum(num_sum + lower / (1 - 1e-12), tight_lower)
+        mask = 1.0 if free is None else free
+        fits = (values_at(tight_upper) * mask).sum(axis=1) <= 1.0 + tol
+    lower = tight_lower
+    upper = np.where(fits & (tight_upper < upper), tight_upper, upper)
     nu = bisect_multiplier(values_at, lower, upper, free, tol)
     return _apply_multiplier(values_at, nu, current, free)
 

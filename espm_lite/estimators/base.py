@@ -43,6 +43,9 @@ class FitState:
     A : ndarray (p, k)
         Maps, ``H^T``.
     G : ndarray (n, m) or None (identity)
+    data : ndarray, SparseData or DensifiedRows
+        ``X`` in the form the passes over the data use (see
+        :func:`espm_lite._kernels.prepare_data`); defaults to ``X``.
     """
 
     X: Any
@@ -57,6 +60,11 @@ class FitState:
     fixed_A_values: np.ndarray | None = None
     free_W_rows: np.ndarray | None = None  # bool mask (m,) of rows in the W simplex
     extras: dict = field(default_factory=dict)
+    data: Any = None
+
+    def __post_init__(self) -> None:
+        if self.data is None:
+            self.data = self.X
 
     @property
     def D(self) -> np.ndarray:
@@ -153,6 +161,23 @@ class NMFEstimator(
         Each pixel's abundances sum to one.
     simplex_W : bool, default=True
         Each column of ``W`` sums to one (its free entries).
+    sparse : {"auto", True, False} or float in (0, 1], default="auto"
+        Which implementation of the passes over the data to use (same
+        iterates up to rounding).  The sparse path evaluates ``G W H`` only at
+        the non-zero entries of ``X``: an iteration costs ``O(nnz k)`` instead
+        of ``O(n p k)``.  ``"auto"``: ``scipy.sparse`` input takes the sparse
+        path; dense input takes it when its fraction of non-zero entries is
+        below :data:`espm_lite._kernels.SPARSE_DENSITY_THRESHOLD` (0.18 in
+        float64; ``SPARSE_DENSITY_THRESHOLD_FLOAT32``, 0.09, in float32), where
+        the sparse path is the faster one (it is then converted to CSR once
+        per fit, ``O(nnz)`` memory). A float replaces that threshold.
+        ``True`` forces the sparse path; ``False`` the dense one (sparse input
+        is then densified block by block at each iteration, which is slow: for
+        comparisons only).
+    dtype : {None, numpy.float32, numpy.float64}, default=None
+        Floating type of the computation. ``None`` keeps float32 input in
+        float32 and computes everything else (float64, integers) in float64;
+        ``np.float32`` halves memory and roughly doubles speed.
 
     Attributes
     ----------
@@ -170,6 +195,8 @@ class NMFEstimator(
     reconstruction_err_ : float
         Data term (KL divergence, or Frobenius norm with ``l2``) of the fit.
     n_features_in_ : int
+    data_path_ : {"dense", "sparse"}
+        Path taken by the fit (see ``sparse``), also logged at INFO level.
     """
 
     _parameter_constraints: dict = {
@@ -194,6 +221,12 @@ class NMFEstimator(
         "no_stop_criterion": ["boolean"],
         "simplex_H": ["boolean"],
         "simplex_W": ["boolean"],
+        "sparse": [
+            "boolean",
+            StrOptions({"auto"}),
+            Interval(numbers.Real, 0, 1, closed="right"),
+        ],
+        "dtype": "no_validation",
     }
 
     #: Objective terms recorded in the history, besides the data term.
@@ -222,6 +255,8 @@ class NMFEstimator(
         no_stop_criterion=False,
         simplex_H=False,
         simplex_W=True,
+        sparse="auto",
+        dtype=None,
     ):
         self.n_components = n_components
         self.init = init
@@ -244,6 +279,8 @@ class NMFEstimator(
         self.no_stop_criterion = no_stop_criterion
         self.simplex_H = simplex_H
         self.simplex_W = simplex_W
+        self.sparse = sparse
+        self.dtype = dtype
 
     # ------------------------------------------------------------------ hooks
     @abstractmethod
@@ -305,7 +342,7 @@ class NMFEstimator(
             self,
             X,
             accept_sparse=("csr", "csc", "coo"),
-            dtype=[np.float64, np.float32],
+            dtype=self._compute_dtype(),
             reset=True,
         )
         check_non_negative(X, f"{type(self).__name__} (input X)")
@@ -327,9 +364,29 @@ class NMFEstimator(
         # The factor carrying the intensity is rescaled back after the fit.
         self._scaled_factor = "W" if self.simplex_H else "H"
 
+        self.data_path_ = kernels.choose_path(Xi, self.sparse)
+        logger.info(
+            "%s: %s path for data of %d pixels x %d channels (%s).",
+            type(self).__name__,
+            self.data_path_,
+            p,
+            n,
+            "sparse matrix" if sp.issparse(Xi) else "dense array",
+        )
+        # Converted once per fit (dense data going to the sparse path become CSR,
+        # which the initialisation then uses too).
+        data = kernels.prepare_data(Xi, self.data_path_)
+        if isinstance(data, kernels.SparseData):
+            Xi = data.csr
         x_constants = kernels.data_constants(Xi, "l2" if self.l2 else "kl")
         state = FitState(
-            X=Xi, W=None, A=None, G=G, floor=float(self.log_shift), x_constants=x_constants
+            X=Xi,
+            W=None,
+            A=None,
+            G=G,
+            floor=float(self.log_shift),
+            x_constants=x_constants,
+            data=data,
         )
         self._setup_fixed(state, m, p, k, dtype, scale)
         self._initialise(state, W, H, m, p, k, dtype, scale)
@@ -383,7 +440,7 @@ class NMFEstimator(
             self,
             X,
             accept_sparse=("csr", "csc", "coo"),
-            dtype=[np.float64, np.float32],
+            dtype=self._compute_dtype(),
             reset=False,
         )
         check_non_negative(X, f"{type(self).__name__}.transform (input X)")
@@ -442,7 +499,7 @@ class NMFEstimator(
             self,
             X,
             accept_sparse=("csr", "csc", "coo"),
-            dtype=[np.float64, np.float32],
+            dtype=self._compute_dtype(),
             reset=False,
         )
         Xi = self._internal_data(X)
@@ -477,11 +534,27 @@ class NMFEstimator(
         return tags
 
     # -------------------------------------------------------------- internals
+    def _compute_dtype(self):
+        """The ``dtype`` argument of ``validate_data`` for the ``dtype`` parameter."""
+        if self.dtype is None:
+            return [np.float64, np.float32]
+        try:
+            dtype = np.dtype(self.dtype)
+        except TypeError as exc:
+            raise ValueError(
+                f"dtype must be None, numpy.float32 or numpy.float64, got {self.dtype!r}."
+            ) from exc
+        if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise ValueError(
+                f"dtype must be None, numpy.float32 or numpy.float64, got {self.dtype!r}."
+            )
+        return dtype
+
     def _internal_data(self, X):
-        """``X`` in the (p, n) layout: C-contiguous dense, or CSR."""
+        """``X`` in the (p, n) layout: C-contiguous dense, or CSR without duplicates."""
         if sp.issparse(X):
             Xi = X if self.hspy_comp else X.T
-            return Xi.tocsr()
+            return kernels.canonical_csr(Xi)
         Xi = X if self.hspy_comp else X.T
         return np.ascontiguousarray(Xi)
 
@@ -634,7 +707,7 @@ class NMFEstimator(
 
     def _objective_terms(self, state: FitState) -> dict[str, float]:
         result = kernels.data_pass(
-            state.X,
+            state.data,
             state.A,
             state.D,
             loss="l2" if self.l2 else "kl",
@@ -823,6 +896,7 @@ class NMFEstimator(
         C = np.ascontiguousarray(C)
         loss = "l2" if self.l2 else "kl"
         x_constants = kernels.data_constants(Xd, loss)
+        data = kernels.prepare_data(X, kernels.choose_path(X, self.sparse))
 
         active = np.ones(C.shape[0], dtype=bool)
         change_tol = 1e-2 * self.tol
@@ -842,7 +916,7 @@ class NMFEstimator(
 
         for _ in range(max(self.max_iter, 500)):
             kernels.data_pass(
-                Xd,
+                data,
                 C,
                 basis,
                 loss=loss,

@@ -55,7 +55,7 @@ class SmoothNMF(NMFEstimator):
     ----------
     n_components, init, tol, max_iter, random_state, verbose, debug, l2, G, \
 shape_2d, normalize, log_shift, eval_print, true_D, true_H, fixed_H, fixed_W, \
-hspy_comp, no_stop_criterion, simplex_H, simplex_W
+hspy_comp, no_stop_criterion, simplex_H, simplex_W, sparse, dtype
         See :class:`NMFEstimator`.
     lambda_L : float, default=0.0
         Strength of the Laplacian smoothing of the maps (needs ``shape_2d``).
@@ -134,6 +134,8 @@ hspy_comp, no_stop_criterion, simplex_H, simplex_W
         force_simplex=None,
         dicotomy_tol=1e-5,
         gamma=None,
+        sparse="auto",
+        dtype=None,
     ):
         super().__init__(
             n_components=n_components,
@@ -157,6 +159,8 @@ hspy_comp, no_stop_criterion, simplex_H, simplex_W
             no_stop_criterion=no_stop_criterion,
             simplex_H=simplex_H,
             simplex_W=simplex_W,
+            sparse=sparse,
+            dtype=dtype,
         )
         self.lambda_L = lambda_L
         self.linesearch = linesearch
@@ -313,7 +317,7 @@ hspy_comp, no_stop_criterion, simplex_H, simplex_W
             return new
 
         result = kernels.data_pass(
-            state.X,
+            state.data,
             A,
             state.D,
             loss="l2" if self.l2 else "kl",

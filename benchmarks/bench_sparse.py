@@ -1,0 +1,246 @@
+"""Sparse and dense paths of SmoothNMF against scikit-learn's KL multiplicative updates.
+
+Run ``python benchmarks/bench_sparse.py [--iters 10] [--quick] [--skip-dense-sklearn]``.
+
+Tables printed, every row measured in the same run on the same data:
+
+1. For a 100x400x3746 two-phase phantom at 15 counts/pixel and a
+   256x256x2048 three-phase phantom at 50 counts/pixel: time per iteration
+   and peak memory of SmoothNMF on its sparse path (CSR input), SmoothNMF on
+   its dense path (dense input, ``sparse=False``), scikit-learn
+   ``NMF(beta_loss="kullback-leibler", solver="mu")`` on the dense array and
+   on the CSR matrix.
+2. Scaling: time per iteration against counts per pixel at a fixed size
+   (80x80x1980, three phases), for both paths in float64 and float32 and
+   scikit-learn on the CSR matrix; the density at which the two paths cross is
+   what :data:`espm_lite._kernels.SPARSE_DENSITY_THRESHOLD` is set from.
+
+Definitions
+-----------
+ms/it
+    ``(t(iters + 1) - t(1)) / iters`` with ``t(m)`` the wall time of a fit of
+    ``m`` iterations started from the same given random factors (so
+    initialisation is not counted), each ``t`` the best of ``repeats`` runs.
+    SmoothNMF also evaluates its objective at every iteration; scikit-learn
+    is run with ``tol=0`` so it never evaluates its loss.
+peak MB
+    ``tracemalloc`` peak of the allocations made during one fit of 3
+    iterations (NumPy and SciPy report their buffers to tracemalloc; the input
+    array, allocated before, and BLAS's internal buffers are not counted).
+x data+factors
+    Peak divided by the size of the data stored as CSR (``data``, ``indices``,
+    ``indptr``) plus the factors ``(p + n) k`` in the same float type.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import time
+import tracemalloc
+import warnings
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.decomposition import NMF
+from sklearn.exceptions import ConvergenceWarning
+
+from espm_lite import SmoothNMF
+from espm_lite.datasets import make_spectrum_image
+
+
+def smooth_nmf(k: int, sparse, dtype=None):
+    """A factory ``max_iter -> estimator`` for SmoothNMF in HyperSpy's (p, n) orientation."""
+
+    def make(max_iter: int):
+        return SmoothNMF(
+            n_components=k,
+            max_iter=max_iter,
+            tol=0.0,
+            no_stop_criterion=True,
+            random_state=0,
+            verbose=0,
+            hspy_comp=True,
+            sparse=sparse,
+            dtype=dtype,
+        )
+
+    return make
+
+
+def sklearn_mu(k: int):
+    def make(max_iter: int):
+        return NMF(
+            n_components=k,
+            beta_loss="kullback-leibler",
+            solver="mu",
+            init="nndsvda",
+            max_iter=max_iter,
+            tol=0.0,
+            random_state=0,
+        )
+
+    return make
+
+
+def initial_factors(X, k: int, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Random positive ``(maps (p, k), spectra (n, k))`` at the scale of ``X`` (seed 0).
+
+    Both tools start from them, so that the timed fits skip the (noisy)
+    SVD-based initialisation.
+    """
+    p, n = X.shape
+    scale = np.sqrt(float(X.sum()) / (p * n) / k)
+    rng = np.random.default_rng(0)
+    maps = scale * (0.5 + rng.random((p, k)))
+    spectra = scale * (0.5 + rng.random((n, k)))
+    return maps.astype(dtype), spectra.astype(dtype)
+
+
+def _fit_seconds(make, X, n_iter: int) -> float:
+    est = make(n_iter)
+    maps, spectra = initial_factors(X, est.n_components, X.dtype)
+    if isinstance(est, NMF):
+        est.set_params(init="custom")
+        kwargs = {"W": maps, "H": np.ascontiguousarray(spectra.T)}
+    else:
+        kwargs = {"W": spectra, "H": np.ascontiguousarray(maps.T)}
+    gc.collect()
+    start = time.perf_counter()
+    est.fit_transform(X, **kwargs)
+    return time.perf_counter() - start
+
+
+def ms_per_iteration(make, X, iters: int, repeats: int = 2) -> float:
+    """Milliseconds per iteration, initialisation excluded (best of ``repeats``)."""
+    t_long = min(_fit_seconds(make, X, iters + 1) for _ in range(repeats))
+    t_short = min(_fit_seconds(make, X, 1) for _ in range(repeats))
+    return 1000 * (t_long - t_short) / iters
+
+
+def peak_mb(make, X, n_iter: int = 3) -> float:
+    """``tracemalloc`` peak (MB) of one fit of ``n_iter`` iterations."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        make(n_iter).fit(X)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return peak / 2**20
+
+
+def csr_bytes(X: sp.csr_matrix) -> int:
+    return X.data.nbytes + X.indices.nbytes + X.indptr.nbytes
+
+
+def phantom(shape_2d, n_channels, n_phases, counts, dtype=np.float64):
+    """Counts in the (pixels, channels) layout, dense and CSR."""
+    data = make_spectrum_image(
+        shape_2d=shape_2d,
+        n_channels=n_channels,
+        n_phases=n_phases,
+        counts_per_pixel=counts,
+        seed=0,
+        dtype=dtype,
+    )
+    dense = np.ascontiguousarray(data.X.T)
+    return dense, sp.csr_matrix(dense)
+
+
+def speed_memory_table(args) -> None:
+    cases = [((100, 400), 3746, 2, 15.0), ((256, 256), 2048, 3, 50.0)]
+    if args.quick:
+        cases = [((50, 100), 3746, 2, 15.0)]
+    header = (
+        f"{'phantom':>22} {'estimator':>26} {'ms/it':>9} {'/sparse':>9} "
+        f"{'peak MB':>9} {'x data+factors':>15}"
+    )
+    print("\nTable 1: time per iteration and peak memory (float64)")
+    print("/sparse: ms/it divided by that of SmoothNMF on its sparse path")
+    print(header)
+    print("-" * len(header))
+    for shape_2d, n_channels, k, counts in cases:
+        dense, csr = phantom(shape_2d, n_channels, k, counts)
+        p, n = dense.shape
+        label = f"{shape_2d[0]}x{shape_2d[1]}x{n_channels} @{counts:g}"
+        reference = csr_bytes(csr) + (p + n) * k * dense.itemsize
+        runs = [
+            ("SmoothNMF sparse (CSR)", smooth_nmf(k, "auto"), csr, args.iters),
+            ("SmoothNMF dense path", smooth_nmf(k, False), dense, max(2, args.iters // 3)),
+            ("sklearn MU-KL on CSR", sklearn_mu(k), csr, max(2, args.iters // 3)),
+        ]
+        if not args.skip_dense_sklearn:
+            runs.append(("sklearn MU-KL on dense", sklearn_mu(k), dense, args.sklearn_dense_iters))
+        rows = []
+        for name, make, X, iters in runs:
+            repeats = 1 if "dense" in name else 2
+            ms = ms_per_iteration(make, X, iters, repeats=repeats)
+            mb = peak_mb(make, X)
+            rows.append((name, ms, mb))
+        sparse_ms = rows[0][1]
+        print(
+            f"{label:>22} {'density':>26} {csr.nnz / (p * n):9.4f} "
+            f"{'':>9} {reference / 2**20:9.1f} {'(data+factors)':>15}"
+        )
+        for name, ms, mb in rows:
+            print(
+                f"{label:>22} {name:>26} {ms:9.1f} {ms / sparse_ms:8.1f}x {mb:9.1f} "
+                f"{mb * 2**20 / reference:14.1f}x"
+            )
+        del dense, csr
+        gc.collect()
+
+
+def scaling_table(args) -> None:
+    shape_2d, n_channels, k = ((80, 80), 1980, 3) if not args.quick else ((32, 32), 512, 3)
+    counts_list = [5, 15, 50, 150, 500, 1500, 5000]
+    print(
+        f"\nTable 2: ms/iteration against counts per pixel "
+        f"({shape_2d[0]}x{shape_2d[1]}x{n_channels}, {k} phases)"
+    )
+    header = (
+        f"{'counts/px':>9} {'density':>8} {'sparse f64':>11} {'dense f64':>10} "
+        f"{'sparse f32':>11} {'dense f32':>10} {'sklearn CSR':>12} {'auto picks':>11}"
+    )
+    print(header)
+    print("-" * len(header))
+    for counts in counts_list:
+        dense, csr = phantom(shape_2d, n_channels, k, counts)
+        dense32 = dense.astype(np.float32)
+        times = [
+            ms_per_iteration(smooth_nmf(k, True), dense, args.iters),
+            ms_per_iteration(smooth_nmf(k, False), dense, args.iters),
+            ms_per_iteration(smooth_nmf(k, True), dense32, args.iters),
+            ms_per_iteration(smooth_nmf(k, False), dense32, args.iters),
+            ms_per_iteration(sklearn_mu(k), csr, max(2, args.iters // 2), repeats=1),
+        ]
+        auto = smooth_nmf(k, "auto")(1).fit(dense).data_path_
+        print(
+            f"{counts:9g} {csr.nnz / dense.size:8.4f} "
+            + " ".join(f"{t:{w}.1f}" for t, w in zip(times, (11, 10, 11, 10, 12), strict=True))
+            + f" {auto:>11}"
+        )
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iters", type=int, default=10, help="iterations timed")
+    parser.add_argument(
+        "--sklearn-dense-iters", type=int, default=3, help="iterations of sklearn on dense data"
+    )
+    parser.add_argument("--quick", action="store_true", help="small phantoms only")
+    parser.add_argument(
+        "--skip-dense-sklearn", action="store_true", help="skip sklearn on the dense array"
+    )
+    parser.add_argument("--only", choices=("speed", "scaling"), default=None)
+    args = parser.parse_args(argv)
+    warnings.simplefilter("ignore", ConvergenceWarning)
+    if args.only in (None, "speed"):
+        speed_memory_table(args)
+    if args.only in (None, "scaling"):
+        scaling_table(args)
+
+
+if __name__ == "__main__":
+    main()
