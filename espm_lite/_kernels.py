@@ -126,7 +126,21 @@ class SparseRowBlock:
         return self.matrix.data
 
 
-class SparseData:
+class _CSRBacked:
+    """Shape and dtype of a wrapper of the CSR matrix ``self.csr``."""
+
+    csr: sp.csr_matrix
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.csr.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.csr.dtype
+
+
+class SparseData(_CSRBacked):
     """CSR data ``(p, n)`` split once into row blocks for the sparse path.
 
     Each block holds about :data:`SPARSE_BLOCK_NNZ` stored entries (at least
@@ -167,31 +181,15 @@ class SparseData:
         self.blocks: list[SparseRowBlock] = blocks
 
     @property
-    def shape(self) -> tuple[int, int]:
-        return self.csr.shape
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self.csr.dtype
-
-    @property
     def nnz(self) -> int:
         return self.csr.nnz
 
 
 @dataclass(frozen=True)
-class DensifiedRows:
+class DensifiedRows(_CSRBacked):
     """Sparse data sent to the dense path: each block is densified in turn."""
 
     csr: sp.csr_matrix
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.csr.shape
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self.csr.dtype
 
 
 def density(X) -> float:
