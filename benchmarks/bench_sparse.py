@@ -1,6 +1,6 @@
 """Sparse and dense paths of SmoothNMF against scikit-learn's KL multiplicative updates.
 
-Run ``python benchmarks/bench_sparse.py [--iters 10] [--quick] [--skip-dense-sklearn]``.
+Run ``python benchmarks/bench_sparse.py [--iters 30] [--quick] [--skip-dense-sklearn]``.
 
 Tables printed, every row measured in the same run on the same data:
 
@@ -225,7 +225,7 @@ def scaling_table(args) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iters", type=int, default=10, help="iterations timed")
+    parser.add_argument("--iters", type=int, default=30, help="iterations timed")
     parser.add_argument(
         "--sklearn-dense-iters", type=int, default=3, help="iterations of sklearn on dense data"
     )

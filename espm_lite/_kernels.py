@@ -34,10 +34,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+from array_api_compat import array_namespace, is_numpy_namespace
 from threadpoolctl import ThreadpoolController
 
 #: Size in bytes of one block of data rows processed at once by :func:`data_pass`.
@@ -51,7 +53,7 @@ def row_blocks(n_rows: int, n_cols: int, itemsize: int) -> list[slice]:
 
 
 #: Number of stored entries per row block of the sparse path of :func:`data_pass`.
-SPARSE_BLOCK_NNZ = 1 << 16
+SPARSE_BLOCK_NNZ = 1 << 18
 
 #: Density (fraction of non-zero entries) below which ``sparse="auto"`` sends
 #: dense float64 data to the sparse path.  Measured with
@@ -76,10 +78,9 @@ def dense_block(X, rows: slice) -> np.ndarray:
     """
     if isinstance(X, DensifiedRows):
         X = X.csr
-    block = X[rows]
-    if sp.issparse(block):
-        return block.toarray()
-    return block
+    if sp.issparse(X):
+        return X[rows].toarray()
+    return X[rows, :]
 
 
 def canonical_csr(X) -> sp.csr_matrix:
@@ -287,6 +288,46 @@ def data_constants(X, loss: str) -> tuple[float, float]:
     return xlogx_sum(X), data_sum(X)
 
 
+class ArrayOps:
+    """The array operations of the kernels, for one array-API namespace.
+
+    The kernels are written against the array API standard (through
+    ``array-api-compat``), so they run on NumPy, CuPy or PyTorch arrays alike.
+    With NumPy, results go to preallocated buffers (``out=``) and
+    :func:`data_pass` spreads blocks over threads; other namespaces allocate.
+    """
+
+    def __init__(self, *arrays):
+        self.xp = array_namespace(*arrays)
+        self.numpy = is_numpy_namespace(self.xp)
+
+    def empty(self, shape, dtype):
+        return np.empty(shape, dtype=dtype) if self.numpy else None
+
+    def matmul(self, a, b, out=None):
+        return np.matmul(a, b, out=out) if self.numpy and out is not None else a @ b
+
+    def log(self, x, out=None):
+        return np.log(x, out=out) if self.numpy and out is not None else self.xp.log(x)
+
+    def divide(self, a, b, out=None):
+        return np.divide(a, b, out=out) if self.numpy and out is not None else a / b
+
+    def dot_all(self, a, b) -> float:
+        """``sum(a * b)`` over all entries, as a Python float."""
+        if self.numpy:
+            return float(np.vdot(a, b))
+        return float(self.xp.sum(a * b))
+
+    def errstate(self):
+        return np.errstate(divide="ignore", invalid="ignore") if self.numpy else nullcontext()
+
+
+def _float_mask(xp, free, dtype):
+    """A boolean mask as 0/1 of ``dtype`` (the array API has no bool-float promotion)."""
+    return None if free is None else xp.astype(free, dtype)
+
+
 @dataclass
 class PassResult:
     """What one pass over the data returns.
@@ -379,66 +420,71 @@ def data_pass(
     if sp.issparse(X):
         X = SparseData(X)
     sparse = isinstance(X, SparseData)
+    ops = ArrayOps(A, D)
+    xp = ops.xp
     p, n = X.shape
     k = A.shape[1]
     dtype = A.dtype
-    col_d = D.sum(axis=0)
+    col_d = xp.sum(D, axis=0)
     gram_d = D.T @ D if loss == "l2" else None
     # Rows D_i (x) D_i: the KL Hessian of pixel j in its maps is
     # sum_i X_ij / Y_ij^2 D_i D_i^T, i.e. (X/Y^2)_j @ outer_rows reshaped (k, k).
     outer_rows = (
-        (D[:, :, None] * D[:, None, :]).reshape(n, k * k)
+        xp.reshape(D[:, :, None] * D[:, None, :], (n, k * k))
         if need_curvature and loss == "kl"
         else None
     )
-    l2_curvature = np.linalg.eigvalsh(gram_d)[-1] if need_curvature and loss == "l2" else None
-    Dt = np.ascontiguousarray(D.T)
+    l2_curvature = (
+        float(xp.linalg.eigvalsh(gram_d)[-1]) if need_curvature and loss == "l2" else None
+    )
+    Dt = np.ascontiguousarray(D.T) if ops.numpy else D.T
     total = 0.0
     if need_loss and loss == "kl":
-        total = x_constants[0] - x_constants[1] + float(col_d @ A.sum(axis=0, dtype=np.float64))
+        total = x_constants[0] - x_constants[1] + ops.dot_all(col_d, xp.sum(A, axis=0))
     if need_loss and loss == "l2":
-        total = 0.5 * x_constants[0] + 0.5 * float(np.sum((A.T @ A) * gram_d))
+        total = 0.5 * x_constants[0] + 0.5 * ops.dot_all(A.T @ A, gram_d)
 
     def l2_terms(Xb, Ab, nb):
         negative = Xb @ D
         positive = Ab @ gram_d
-        part = -float(np.vdot(Ab, negative)) if need_loss else 0.0
-        curvature = None if l2_curvature is None else np.full(nb, l2_curvature, dtype=dtype)
+        part = -ops.dot_all(Ab, negative) if need_loss else 0.0
+        curvature = None if l2_curvature is None else xp.full((nb,), l2_curvature, dtype=dtype)
         return negative, positive, curvature, part
 
     def run_dense(my_blocks: list[slice]) -> tuple[float, np.ndarray | None]:
         rows_max = max((b.stop - b.start for b in my_blocks), default=0)
-        buf_y = np.empty((rows_max, n), dtype=dtype)
-        buf_r = np.empty((rows_max, n), dtype=dtype)
-        w_neg = np.zeros((n, k), dtype=dtype) if need_w_terms else None
+        buf_y = ops.empty((rows_max, n), dtype)
+        buf_r = ops.empty((rows_max, n), dtype)
+
+        def buffer(buf, nb):
+            return None if buf is None else buf[:nb]
+
+        w_neg = xp.zeros((n, k), dtype=dtype) if need_w_terms else None
         part = 0.0
         for rows in my_blocks:
             nb = rows.stop - rows.start
             Xb = dense_block(X, rows)
-            Ab = A[rows]
+            Ab = A[rows, :]
             R = None
             if loss == "kl":
-                Y = np.matmul(Ab, Dt, out=buf_y[:nb])
-                R = buf_r[:nb]
+                Y = ops.matmul(Ab, Dt, out=buffer(buf_y, nb))
                 if need_loss:
-                    np.log(Y, out=R)
-                    part -= float(np.vdot(Xb, R))
-                np.divide(Xb, Y, out=R)
+                    part -= ops.dot_all(Xb, ops.log(Y, out=buffer(buf_r, nb)))
+                R = ops.divide(Xb, Y, out=buffer(buf_r, nb))
                 negative = R @ D
-                positive = np.broadcast_to(col_d, negative.shape)
+                positive = xp.broadcast_to(col_d, negative.shape)
                 curvature = None
                 if outer_rows is not None:
-                    np.divide(R, Y, out=Y)
-                    curvature = _largest_eigenvalues(Y @ outer_rows, k)
+                    curvature = _largest_eigenvalues(ops.divide(R, Y, out=Y) @ outer_rows, k)
             else:
                 negative, positive, curvature, loss_part = l2_terms(Xb, Ab, nb)
                 part += loss_part
             if map_rule is not None:
-                A[rows] = map_rule(rows, negative, positive, curvature)
-                Ab = A[rows]
+                A[rows, :] = map_rule(rows, negative, positive, curvature)
+                Ab = A[rows, :]
                 if loss == "kl" and need_w_terms:
-                    Y = np.matmul(Ab, Dt, out=buf_y[:nb])
-                    R = np.divide(Xb, Y, out=buf_r[:nb])
+                    Y = ops.matmul(Ab, Dt, out=buffer(buf_y, nb))
+                    R = ops.divide(Xb, Y, out=buffer(buf_r, nb))
             if need_w_terms:
                 w_neg += (R.T @ Ab) if loss == "kl" else (Xb.T @ Ab)
         return part, w_neg
@@ -486,8 +532,9 @@ def data_pass(
     if sparse:
         blocks, run = X.blocks, run_sparse
     else:
-        blocks, run = row_blocks(p, n, np.dtype(dtype).itemsize), run_dense
-    threads = min(num_threads(), len(blocks))
+        blocks, run = row_blocks(p, n, xp.finfo(dtype).bits // 8), run_dense
+    # Threads for NumPy, which releases the GIL; other libraries parallelise themselves.
+    threads = min(num_threads(), len(blocks)) if ops.numpy else 1
     if threads <= 1 and not sparse:
         results = [run(blocks)]
     else:
@@ -528,9 +575,10 @@ def _like(matrix: sp.csr_matrix, values: np.ndarray) -> sp.csr_matrix:
     return sp.csr_matrix((values, matrix.indices, matrix.indptr), shape=matrix.shape, copy=False)
 
 
-def _largest_eigenvalues(hessian_rows: np.ndarray, k: int) -> np.ndarray:
+def _largest_eigenvalues(hessian_rows, k: int):
     """Largest eigenvalue of each ``(k, k)`` matrix stored as a row of ``k * k`` entries."""
-    return np.linalg.eigvalsh(hessian_rows.reshape(-1, k, k))[:, -1]
+    xp = array_namespace(hessian_rows)
+    return xp.linalg.eigvalsh(xp.reshape(hessian_rows, (-1, k, k)))[:, -1]
 
 
 _EXECUTOR: ThreadPoolExecutor | None = None
@@ -595,194 +643,199 @@ def grid_laplacian(shape_2d: tuple[int, int], dtype=np.float64) -> sp.csr_matrix
 LAPLACIAN_NORM_BOUND = 8.0
 
 
+def _floored(xp, x, floor: float):
+    """``max(x, floor)`` entry by entry."""
+    return np.maximum(x, floor) if is_numpy_namespace(xp) else xp.clip(x, min=floor)
+
+
+def _where_free(xp, free, x, fill: float):
+    """``x`` on the free entries, ``fill`` elsewhere (``x`` when all are free)."""
+    return x if free is None else xp.where(free, x, xp.asarray(fill, dtype=x.dtype))
+
+
 def bisect_multiplier(
-    values_at: Callable[[np.ndarray], np.ndarray],
-    lower: np.ndarray,
-    upper: np.ndarray,
-    free: np.ndarray | None,
+    values_at: Callable,
+    lower,
+    upper,
+    free,
     tol: float,
     max_iter: int = 200,
-) -> np.ndarray:
+):
     """Find, row by row, the multiplier ``nu`` such that ``sum(values_at(nu)) = 1``.
 
     ``values_at(nu)`` returns an array ``(r, c)`` whose row sums (over the free
     entries) decrease with ``nu`` (one multiplier per row).  The bracket
     ``[lower, upper]`` must satisfy ``sum >= 1`` at ``lower`` and ``sum <= 1``
-    at ``upper``; rows where this fails are reported with ``nan``.
+    at ``upper``; rows where this fails are reported with ``nan``.  Any
+    array-API namespace; the multiplier is computed in float64.
 
     Returns
     -------
-    nu : ndarray (r,)
+    nu : array (r,)
         Multiplier per row, such that ``|sum - 1| <= tol`` (or the bracket has
         collapsed to machine precision).
     """
-    lo = lower.astype(np.float64, copy=True)
-    hi = upper.astype(np.float64, copy=True)
-    mask = 1.0 if free is None else free
+    xp = array_namespace(lower, upper)
+    lo = xp.astype(lower, xp.float64)
+    hi = xp.astype(upper, xp.float64)
 
     def row_sums(nu):
-        return (values_at(nu) * mask).sum(axis=1)
+        values = values_at(nu)
+        mask = _float_mask(xp, free, values.dtype)
+        return xp.sum(values if mask is None else values * mask, axis=1)
 
     bad = (row_sums(lo) < 1.0 - tol) | (row_sums(hi) > 1.0 + tol)
     nu = 0.5 * (lo + hi)
     for _ in range(max_iter):
         nu = 0.5 * (lo + hi)
-        sums = row_sums(nu)
-        err = sums - 1.0
-        if np.all((np.abs(err) <= tol) | bad):
+        err = row_sums(nu) - 1.0
+        if bool(xp.all((xp.abs(err) <= tol) | bad)):
             break
         above = err > 0
-        lo = np.where(above, nu, lo)
-        hi = np.where(above, hi, nu)
-    nu = np.where(bad, np.nan, nu)
-    return nu
+        lo = xp.where(above, nu, lo)
+        hi = xp.where(above, hi, nu)
+    return xp.where(bad, xp.asarray(float("nan"), dtype=xp.float64), nu)
 
 
 def mu_update(
-    current: np.ndarray,
-    negative: np.ndarray,
-    positive: np.ndarray,
+    current,
+    negative,
+    positive,
     *,
     floor: float,
     simplex: bool = False,
-    free: np.ndarray | None = None,
+    free=None,
     tol: float = 1e-5,
-) -> np.ndarray:
+):
     """Multiplicative update ``x <- x * negative / (positive + nu)``, floored.
 
     With ``simplex=True`` one multiplier ``nu`` per row makes every row (its
     ``free`` entries) sum to one: the exact minimiser of the separable
     majoriser on the simplex.  Rows where no multiplier exists (all-zero
-    numerator) keep their current values.
+    numerator) keep their current values.  Any array-API namespace.
 
     Parameters
     ----------
-    current, negative, positive : ndarray (r, c)
+    current, negative, positive : arrays (r, c)
         Current value, numerator and denominator terms (``positive > 0``).
     floor : float
         Lower bound of every entry.
     simplex : bool
-    free : ndarray of bool (r, c), optional
+    free : bool array (r, c), optional
         Entries that count in the simplex sums (default all).
     tol : float
         Tolerance of the row sums.
     """
+    ops = ArrayOps(current, negative)
+    xp = ops.xp
     numerator = current * negative
     if not simplex:
-        return np.maximum(numerator / positive, floor)
+        return _floored(xp, numerator / positive, floor)
 
     def values_at(nu):
-        return np.maximum(numerator / (positive + _shift(nu, free)), floor)
+        return _floored(xp, numerator / (positive + _shift(xp, nu, free)), floor)
 
-    pos_free = np.where(free, positive, np.inf) if free is not None else positive
-    lower = -pos_free.min(axis=1) * (1 - 1e-12)
-    num_free = numerator if free is None else numerator * free
-    num_sum = num_free.sum(axis=1)
-    upper = np.maximum(num_sum, 0.0) + np.abs(lower) + 1.0
+    inf = float("inf")
+    lower = -xp.min(_where_free(xp, free, positive, inf), axis=1) * (1 - 1e-12)
+    num_sum = xp.sum(_where_free(xp, free, numerator, 0.0), axis=1)
+    upper = xp.clip(num_sum, min=0.0) + xp.abs(lower) + 1.0
     # Tighter bracket from the sum S of the free numerators: with P the largest
     # (smallest) free denominator term, sum_i num_i / (pos_i + nu) >= S / (P + nu)
     # (<=), so the sum is >= 1 at nu = S - P_max, and <= 1 at nu = S - P_min when
     # the floors do not bind (checked).  When the denominators of a row are
     # equal (the W update with G = I) this is the exact root.
-    pos_free_max = (np.where(free, positive, -np.inf) if free is not None else positive).max(axis=1)
-    with np.errstate(invalid="ignore"):
-        tight_lower = np.where(num_sum > 0, np.maximum(lower, num_sum - pos_free_max), lower)
-        tight_upper = np.maximum(num_sum + lower / (1 - 1e-12), tight_lower)
-        mask = 1.0 if free is None else free
-        fits = (values_at(tight_upper) * mask).sum(axis=1) <= 1.0 + tol
-    lower = tight_lower
-    upper = np.where(fits & (tight_upper < upper), tight_upper, upper)
-    nu = bisect_multiplier(values_at, lower, upper, free, tol)
+    pos_free_max = xp.max(_where_free(xp, free, positive, -inf), axis=1)
+    with ops.errstate():
+        tight_lower = xp.where(num_sum > 0, xp.maximum(lower, num_sum - pos_free_max), lower)
+        tight_upper = xp.maximum(num_sum + lower / (1 - 1e-12), tight_lower)
+        values = values_at(tight_upper)
+        mask = _float_mask(xp, free, values.dtype)
+        fits = xp.sum(values if mask is None else values * mask, axis=1) <= 1.0 + tol
+    upper = xp.where(fits & (tight_upper < upper), tight_upper, upper)
+    nu = bisect_multiplier(values_at, tight_lower, upper, free, tol)
     return _apply_multiplier(values_at, nu, current, free)
 
 
 def quadratic_root_update(
-    current: np.ndarray,
-    a: float,
-    b: np.ndarray,
-    c: np.ndarray,
-    *,
-    floor: float,
-    simplex: bool = False,
-    free: np.ndarray | None = None,
-    tol: float = 1e-5,
-) -> np.ndarray:
+    current, a: float, b, c, *, floor: float, simplex: bool = False, free=None, tol: float = 1e-5
+):
     """Positive root of ``a x^2 + (b + nu) x - c = 0`` entry by entry, floored.
 
     ``a >= 0`` and ``c >= 0``.  With ``a = 0`` this is ``c / (b + nu)``.  The
     root is computed in the cancellation-free form ``2c / (b + sqrt(b^2+4ac))``
-    when ``b >= 0``.  ``simplex`` and ``free`` as in :func:`mu_update`.
+    when ``b >= 0``.  ``simplex`` and ``free`` as in :func:`mu_update`.  Any
+    array-API namespace.
     """
+    ops = ArrayOps(current, b, c)
+    xp = ops.xp
 
     def values_at(nu):
-        bb = b if nu is None else b + _shift(nu, free)
-        disc = np.sqrt(bb * bb + 4.0 * a * c)
-        with np.errstate(divide="ignore", invalid="ignore"):
+        bb = b if nu is None else b + _shift(xp, nu, free)
+        disc = xp.sqrt(bb * bb + 4.0 * a * c)
+        with ops.errstate():
             if a > 0:
-                root = np.where(bb >= 0, 2.0 * c / (bb + disc), (disc - bb) / (2.0 * a))
+                root = xp.where(bb >= 0, 2.0 * c / (bb + disc), (disc - bb) / (2.0 * a))
             else:
                 root = c / bb
-        root = np.where(np.isfinite(root), root, floor)
-        return np.maximum(root, floor)
+        root = xp.where(xp.isfinite(root), root, xp.asarray(floor, dtype=root.dtype))
+        return _floored(xp, root, floor)
 
     if not simplex:
         return values_at(None)
-    b_free = np.where(free, b, np.inf) if free is not None else b
+    inf = float("inf")
+    b_free = _where_free(xp, free, b, inf)
     if a > 0:
         # The root grows without bound as nu -> -inf: expand a bracket.
-        lower = -np.abs(b_free).max(axis=1) - 1.0
+        lower = -xp.max(xp.abs(_where_free(xp, free, b, 0.0)), axis=1) - 1.0
         for _ in range(200):
-            sums = (values_at(lower) * (1.0 if free is None else free)).sum(axis=1)
-            if np.all(sums >= 1.0):
+            values = values_at(lower)
+            mask = _float_mask(xp, free, values.dtype)
+            sums = xp.sum(values if mask is None else values * mask, axis=1)
+            if bool(xp.all(sums >= 1.0)):
                 break
-            lower = np.where(sums < 1.0, 2.0 * lower - 1.0, lower)
+            lower = xp.where(sums < 1.0, 2.0 * lower - 1.0, lower)
     else:
-        lower = -b_free.min(axis=1) * (1 - 1e-12)
-    c_free = c if free is None else c * free
+        lower = -xp.min(b_free, axis=1) * (1 - 1e-12)
     # With b + nu >= sum(c) every root is <= c / sum(c): the sum is <= 1.
-    upper = np.abs(b).max(axis=1) + c_free.sum(axis=1) + 1.0
+    c_sum = xp.sum(_where_free(xp, free, c, 0.0), axis=1)
+    upper = xp.max(xp.abs(b), axis=1) + c_sum + 1.0
     nu = bisect_multiplier(values_at, lower, upper, free, tol)
     return _apply_multiplier(values_at, nu, current, free)
 
 
 def projected_step(
-    current: np.ndarray,
-    gradient: np.ndarray,
-    step: np.ndarray,
-    *,
-    floor: float,
-    simplex: bool = False,
-    free: np.ndarray | None = None,
-    tol: float = 1e-5,
-) -> np.ndarray:
+    current, gradient, step, *, floor: float, simplex: bool = False, free=None, tol: float = 1e-5
+):
     """Gradient step ``x - step * gradient`` projected on ``{x >= floor}``.
 
     With ``simplex=True`` the projection is the Euclidean projection on
     ``{x >= floor, sum of the free entries of each row = 1}``, found by
-    bisection on the shift ``nu`` of ``max(z - nu, floor)``.
+    bisection on the shift ``nu`` of ``max(z - nu, floor)``.  Any array-API
+    namespace.
     """
+    xp = array_namespace(current, gradient)
     z = current - step * gradient
     if not simplex:
-        return np.maximum(z, floor)
+        return _floored(xp, z, floor)
 
     def values_at(nu):
-        return np.maximum(z - _shift(nu, free), floor)
+        return _floored(xp, z - _shift(xp, nu, free), floor)
 
-    z_free_max = (np.where(free, z, -np.inf) if free is not None else z).max(axis=1)
-    z_free_min = (np.where(free, z, np.inf) if free is not None else z).min(axis=1)
+    inf = float("inf")
     # At nu = min(z) - 1 every free entry is >= 1; at nu = max(z) all are at the floor.
-    lower = z_free_min - 1.0
-    upper = z_free_max
+    lower = xp.min(_where_free(xp, free, z, inf), axis=1) - 1.0
+    upper = xp.max(_where_free(xp, free, z, -inf), axis=1)
     nu = bisect_multiplier(values_at, lower, upper, free, tol)
     return _apply_multiplier(values_at, nu, current, free)
 
 
-def _shift(nu: np.ndarray, free: np.ndarray | None) -> np.ndarray:
+def _shift(xp, nu, free):
     """The multiplier of each row, on its free entries only."""
-    return nu[:, None] if free is None else nu[:, None] * free
+    column = nu[:, None]
+    return column if free is None else column * _float_mask(xp, free, nu.dtype)
 
 
-def _apply_multiplier(values_at, nu: np.ndarray, current: np.ndarray, free=None) -> np.ndarray:
+def _apply_multiplier(values_at, nu, current, free=None):
     """Values at the multipliers found, renormalised so the free sums are exactly one.
 
     The bisection stops within ``tol`` of the constraint; dividing by the sum
@@ -791,10 +844,15 @@ def _apply_multiplier(values_at, nu: np.ndarray, current: np.ndarray, free=None)
     simplex), which keeps the objective non-increasing.  Rows without a
     multiplier keep ``current``.
     """
-    ok = np.isfinite(nu)
-    out = values_at(np.where(ok, nu, 0.0))
-    sums = (out if free is None else out * free).sum(axis=1, keepdims=True)
-    scale = np.where(sums > 0, 1.0 / np.where(sums > 0, sums, 1.0), 1.0)
-    out = out * scale if free is None else np.where(free, out * scale, out)
-    out[~ok] = current[~ok]
-    return out.astype(current.dtype, copy=False)
+    xp = array_namespace(nu, current)
+    ok = xp.isfinite(nu)
+    out = values_at(xp.where(ok, nu, xp.zeros_like(nu)))
+    mask = _float_mask(xp, free, out.dtype)
+    sums = xp.sum(out if mask is None else out * mask, axis=1, keepdims=True)
+    positive = sums > 0
+    scale = xp.where(
+        positive, 1.0 / xp.where(positive, sums, xp.ones_like(sums)), xp.ones_like(sums)
+    )
+    out = out * scale if free is None else xp.where(free, out * scale, out)
+    out = xp.where(ok[:, None], out, xp.astype(current, out.dtype))
+    return xp.astype(out, current.dtype, copy=False)

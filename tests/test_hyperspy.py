@@ -254,11 +254,24 @@ def test_low_count_signal_takes_the_sparse_path(caplog):
     data = make_spectrum_image(shape_2d=(40, 40), n_channels=1000, counts_per_pixel=15, seed=0)
     s = data.to_signal("EDS_espm_lite")
     with caplog.at_level(logging.INFO, logger="espm_lite"):
-        est = s.decomposition(algorithm="SmoothNMF", output_dimension=3, verbose=0,
-                              max_iter=20, random_state=0, return_info=True)
+        est = s.decomposition(
+            algorithm="SmoothNMF",
+            output_dimension=3,
+            verbose=0,
+            max_iter=20,
+            random_state=0,
+            return_info=True,
+        )
     assert est.data_path_ == "sparse"
     assert "sparse path" in caplog.text
-    dense = s.decomposition(algorithm="SmoothNMF", output_dimension=3, verbose=0,
-                            max_iter=20, random_state=0, sparse=False, return_info=True)
+    dense = s.decomposition(
+        algorithm="SmoothNMF",
+        output_dimension=3,
+        verbose=0,
+        max_iter=20,
+        random_state=0,
+        sparse=False,
+        return_info=True,
+    )
     assert dense.data_path_ == "dense"
     np.testing.assert_allclose(dense.components_, est.components_, rtol=1e-8, atol=1e-12)
