@@ -5,6 +5,8 @@ Run ``python benchmarks/bench_smoothnmf.py [--iters 30] [--quick]``.
 For each phantom (3 phases, ~500 counts/pixel) it prints, measured in the same
 run on the same data:
 
+* SmoothNMF rows use the automatic choice of path (``sparse="auto"``), the
+  "f64 dense" row forces the dense path (``sparse=False``);
 * ms/it: time per iteration, from the difference between a run of ``iters + 1``
   iterations and a run of 1 iteration, all from the same given start (so
   initialisation is not counted), best of 3;
@@ -57,7 +59,7 @@ def start_factors(data, dtype):
     return W.astype(dtype), H.astype(dtype)
 
 
-def espm_runner(dtype):
+def espm_runner(dtype, sparse="auto"):
     def make(max_iter, tol=0.0):
         return SmoothNMF(
             n_components=3,
@@ -66,6 +68,7 @@ def espm_runner(dtype):
             random_state=0,
             verbose=0,
             no_stop_criterion=tol == 0.0,
+            sparse=sparse,
         )
 
     def converged(X):
@@ -126,6 +129,7 @@ def main(argv=None) -> None:
         rows = []
         for name, (make, converged, prepare, fit_from, dtype) in [
             ("SmoothNMF float64", espm_runner(np.float64)),
+            ("SmoothNMF f64 dense", espm_runner(np.float64, sparse=False)),
             ("SmoothNMF float32", espm_runner(np.float32)),
             ("sklearn MU-KL", sklearn_runner()),
         ]:
