@@ -328,6 +328,12 @@ def _float_mask(xp, free, dtype):
     return None if free is None else xp.astype(free, dtype)
 
 
+def _free_row_sums(xp, values, free, keepdims: bool = False):
+    """Row sums of ``values`` over the free entries (all entries when ``free`` is None)."""
+    mask = _float_mask(xp, free, values.dtype)
+    return xp.sum(values if mask is None else values * mask, axis=1, keepdims=keepdims)
+
+
 @dataclass
 class PassResult:
     """What one pass over the data returns.
@@ -680,9 +686,7 @@ def bisect_multiplier(
     hi = xp.astype(upper, xp.float64)
 
     def row_sums(nu):
-        values = values_at(nu)
-        mask = _float_mask(xp, free, values.dtype)
-        return xp.sum(values if mask is None else values * mask, axis=1)
+        return _free_row_sums(xp, values_at(nu), free)
 
     bad = (row_sums(lo) < 1.0 - tol) | (row_sums(hi) > 1.0 + tol)
     nu = 0.5 * (lo + hi)
@@ -748,9 +752,7 @@ def mu_update(
     with ops.errstate():
         tight_lower = xp.where(num_sum > 0, xp.maximum(lower, num_sum - pos_free_max), lower)
         tight_upper = xp.maximum(num_sum + lower / (1 - 1e-12), tight_lower)
-        values = values_at(tight_upper)
-        mask = _float_mask(xp, free, values.dtype)
-        fits = xp.sum(values if mask is None else values * mask, axis=1) <= 1.0 + tol
+        fits = _free_row_sums(xp, values_at(tight_upper), free) <= 1.0 + tol
     upper = xp.where(fits & (tight_upper < upper), tight_upper, upper)
     nu = bisect_multiplier(values_at, tight_lower, upper, free, tol)
     return _apply_multiplier(values_at, nu, current, free)
@@ -788,9 +790,7 @@ def quadratic_root_update(
         # The root grows without bound as nu -> -inf: expand a bracket.
         lower = -xp.max(xp.abs(_where_free(xp, free, b, 0.0)), axis=1) - 1.0
         for _ in range(200):
-            values = values_at(lower)
-            mask = _float_mask(xp, free, values.dtype)
-            sums = xp.sum(values if mask is None else values * mask, axis=1)
+            sums = _free_row_sums(xp, values_at(lower), free)
             if bool(xp.all(sums >= 1.0)):
                 break
             lower = xp.where(sums < 1.0, 2.0 * lower - 1.0, lower)
@@ -847,8 +847,7 @@ def _apply_multiplier(values_at, nu, current, free=None):
     xp = array_namespace(nu, current)
     ok = xp.isfinite(nu)
     out = values_at(xp.where(ok, nu, xp.zeros_like(nu)))
-    mask = _float_mask(xp, free, out.dtype)
-    sums = xp.sum(out if mask is None else out * mask, axis=1, keepdims=True)
+    sums = _free_row_sums(xp, out, free, keepdims=True)
     positive = sums > 0
     scale = xp.where(
         positive, 1.0 / xp.where(positive, sums, xp.ones_like(sums)), xp.ones_like(sums)

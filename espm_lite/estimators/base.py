@@ -538,13 +538,12 @@ class NMFEstimator(
         """The ``dtype`` argument of ``validate_data`` for the ``dtype`` parameter."""
         if self.dtype is None:
             return [np.float64, np.float32]
+        allowed = (np.dtype(np.float32), np.dtype(np.float64))
         try:
             dtype = np.dtype(self.dtype)
-        except TypeError as exc:
-            raise ValueError(
-                f"dtype must be None, numpy.float32 or numpy.float64, got {self.dtype!r}."
-            ) from exc
-        if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+        except TypeError:
+            dtype = None
+        if dtype not in allowed:
             raise ValueError(
                 f"dtype must be None, numpy.float32 or numpy.float64, got {self.dtype!r}."
             )
@@ -882,20 +881,17 @@ class NMFEstimator(
         floor = float(self.log_shift)
         dtype = basis.dtype
         gram = basis.T @ basis
-        Xd = X
         # Least-squares start, clipped and lifted off zero.
-        rhs = np.asarray(Xd @ basis)
+        rhs = np.asarray(X @ basis)
         try:
             C = np.linalg.solve(gram + 1e-10 * np.trace(gram) * np.eye(gram.shape[0]), rhs.T).T
         except np.linalg.LinAlgError:
             C = np.linalg.lstsq(gram, rhs.T, rcond=None)[0].T
-        row_scale = np.asarray(Xd.sum(axis=1)).ravel() / max(float(basis.sum()), floor)
+        row_scale = np.asarray(X.sum(axis=1)).ravel() / max(float(basis.sum()), floor)
         C = np.maximum(C, 0.1 * row_scale[:, None] + floor).astype(dtype)
         if simplex:
             C = C / C.sum(axis=1, keepdims=True)
         C = np.ascontiguousarray(C)
-        loss = "l2" if self.l2 else "kl"
-        x_constants = kernels.data_constants(Xd, loss)
         data = kernels.prepare_data(X, kernels.choose_path(X, self.sparse))
 
         active = np.ones(C.shape[0], dtype=bool)
@@ -919,11 +915,10 @@ class NMFEstimator(
                 data,
                 C,
                 basis,
-                loss=loss,
+                loss="l2" if self.l2 else "kl",
                 map_rule=rule,
                 need_w_terms=False,
                 need_loss=False,
-                x_constants=x_constants,
             )
             if not active.any():
                 break

@@ -39,22 +39,18 @@ def resolve_estimator(algorithm, output_dimension, kwargs: dict) -> NMFEstimator
     cloned (the caller's object is never modified), with ``output_dimension``
     / ``kwargs`` as parameter overrides.
     """
+    overrides = dict(kwargs)
+    if output_dimension is not None:
+        overrides["n_components"] = output_dimension
     if isinstance(algorithm, str) and algorithm in ALGORITHMS:
-        # Regularisation strengths should not depend on the counts of the data set.
-        params = {"normalize": True, **kwargs}
-        if output_dimension is not None:
-            params["n_components"] = output_dimension
         try:
-            return ALGORITHMS[algorithm](**params)
+            return ALGORITHMS[algorithm](**{"normalize": True, **overrides})
         except TypeError as exc:
             raise TypeError(f"decomposition(algorithm={algorithm!r}): {exc}") from exc
     if isinstance(algorithm, NMFEstimator):
         estimator = clone(algorithm)
-        params = dict(kwargs)
-        if output_dimension is not None:
-            params["n_components"] = output_dimension
-        if params:
-            estimator.set_params(**params)
+        if overrides:
+            estimator.set_params(**overrides)
         return estimator
     return None
 
