@@ -7,8 +7,8 @@ Estimators in the scikit-learn style, all built on :class:`NMFEstimator`
 """
 
 from . import datasets, measures
-from .estimators import NMFEstimator, SmoothNMF
+from .estimators import SNMF, ConvexNMF, NMFEstimator, SmoothNMF
 
 __version__ = "0.1.0"
 
-__all__ = ["NMFEstimator", "SmoothNMF", "datasets", "measures", "__version__"]
+__all__ = ["ConvexNMF", "NMFEstimator", "SNMF", "SmoothNMF", "datasets", "measures", "__version__"]

@@ -98,3 +98,32 @@ def project_on_G(G: np.ndarray, spectra: np.ndarray) -> np.ndarray:
     W = np.column_stack([nnls(G64, col.astype(np.float64))[0] for col in spectra.T])
     fill = 0.01 * W.mean() if W.mean() > 0 else 1.0
     return np.maximum(W, fill).astype(spectra.dtype)
+
+
+def kmeans_factors(X, n_components: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Semi-NMF start (Ding, Li & Jordan 2008): k-means of the rows of ``X``.
+
+    Returns the cluster indicators plus 0.2 ``(r, k)`` (so that multiplicative
+    updates can move every entry) and the cluster centroids ``(k, c)``.  With
+    fewer distinct rows than clusters the surplus centroids are random rows.
+    """
+    from sklearn.cluster import KMeans
+
+    r = X.shape[0]
+    k = n_components
+    seed = int(rng.integers(np.iinfo(np.int32).max))
+    if k >= r:
+        labels = np.arange(r) % k
+        centroids = np.asarray(
+            X[rng.integers(0, r, size=k)].todense()
+            if sp.issparse(X)
+            else X[rng.integers(0, r, size=k)],
+            dtype=np.float64,
+        )
+    else:
+        km = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(X)
+        labels = km.labels_
+        centroids = km.cluster_centers_
+    indicators = np.full((r, k), 0.2)
+    indicators[np.arange(r), labels] += 1.0
+    return indicators, np.asarray(centroids, dtype=np.float64)

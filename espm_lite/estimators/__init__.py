@@ -1,6 +1,8 @@
 """The espm_lite estimators, all built on :class:`NMFEstimator`."""
 
 from .base import NMFEstimator
+from .convex_nmf import ConvexNMF
 from .smooth_nmf import SmoothNMF
+from .snmf import SNMF
 
-__all__ = ["NMFEstimator", "SmoothNMF"]
+__all__ = ["ConvexNMF", "NMFEstimator", "SNMF", "SmoothNMF"]

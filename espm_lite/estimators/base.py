@@ -13,6 +13,7 @@ import logging
 import numbers
 import warnings
 from abc import ABCMeta, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +62,8 @@ class FitState:
     free_W_rows: np.ndarray | None = None  # bool mask (m,) of rows in the W simplex
     extras: dict = field(default_factory=dict)
     data: Any = None
+    signed: bool = False  # spectra may be negative (semi-NMF): D is not floored
+    spectra: Callable[[FitState], np.ndarray] | None = None  # D from the state, if not G W
 
     def __post_init__(self) -> None:
         if self.data is None:
@@ -68,9 +71,15 @@ class FitState:
 
     @property
     def D(self) -> np.ndarray:
-        """Spectra in channel space ``G W`` (n, k), floored so that ``Y > 0``."""
-        D = self.W if self.G is None else self.G @ self.W
-        return np.maximum(D, self.floor)
+        """Spectra in channel space ``G W`` (n, k), floored so that ``Y > 0``.
+
+        ``spectra`` replaces ``G W`` when set (convex NMF); signed spectra are not floored.
+        """
+        if self.spectra is not None:
+            D = self.spectra(self)
+        else:
+            D = self.W if self.G is None else self.G @ self.W
+        return D if self.signed else np.maximum(D, self.floor)
 
     def snapshot(self) -> tuple[np.ndarray, np.ndarray]:
         return self.W.copy(), self.A.copy()
@@ -338,14 +347,7 @@ class NMFEstimator(
             ``G W`` ``(n, k)`` when ``hspy_comp=False``; ``H^T`` ``(p, k)`` when ``True``.
         """
         self._validate_params()
-        X = validate_data(
-            self,
-            X,
-            accept_sparse=("csr", "csc", "coo"),
-            dtype=self._compute_dtype(),
-            reset=True,
-        )
-        check_non_negative(X, f"{type(self).__name__} (input X)")
+        X = self._validate_input(X, reset=True, where="input X")
         Xi = self._internal_data(X)
         p, n = Xi.shape
         k = self.n_components
@@ -357,13 +359,23 @@ class NMFEstimator(
 
         scale = 1.0
         if self.normalize:
-            total = kernels.data_sum(Xi)
-            scale = total / p if total > 0 else 1.0
+            scale = self._data_scale(Xi)
             Xi = Xi * (1.0 / scale) if sp.issparse(Xi) else (Xi / dtype.type(scale))
         self._scale = scale
         # The factor carrying the intensity is rescaled back after the fit.
         self._scaled_factor = "W" if self.simplex_H else "H"
+        state = self._make_state(Xi, G)
+        state.free_W_rows = self._simplex_rows(m)
+        self._setup_fixed(state, m, p, k, dtype, scale)
+        self._initialise(state, W, H, m, p, k, dtype, scale)
+        self._prepare(state)
+        self._true = self._truth_for_history(n, p)
+        self._run(state, n * p)
+        return self._set_fitted(state, scale)
 
+    def _make_state(self, Xi, G) -> FitState:
+        """The working state of a fit: chooses the data path (dense or sparse)."""
+        p, n = Xi.shape
         self.data_path_ = kernels.choose_path(Xi, self.sparse)
         logger.info(
             "%s: %s path for data of %d pixels x %d channels (%s).",
@@ -379,7 +391,7 @@ class NMFEstimator(
         if isinstance(data, kernels.SparseData):
             Xi = data.csr
         x_constants = kernels.data_constants(Xi, "l2" if self.l2 else "kl")
-        state = FitState(
+        return FitState(
             X=Xi,
             W=None,
             A=None,
@@ -388,12 +400,10 @@ class NMFEstimator(
             x_constants=x_constants,
             data=data,
         )
-        self._setup_fixed(state, m, p, k, dtype, scale)
-        self._initialise(state, W, H, m, p, k, dtype, scale)
-        self._prepare(state)
-        self._true = self._truth_for_history(n, p)
-        self._run(state, n * p)
 
+    def _set_fitted(self, state: FitState, scale: float):
+        """Fitted attributes from the final state; returns the output of ``fit_transform``."""
+        dtype = state.A.dtype
         W_out, A_out = state.W, state.A
         if scale != 1.0:
             if self._scaled_factor == "H":
@@ -402,11 +412,11 @@ class NMFEstimator(
                 W_out = W_out * dtype.type(scale)
         self.W_ = W_out
         self.H_ = np.ascontiguousarray(A_out.T)
-        self.G_ = G
-        D = W_out if G is None else G @ W_out
-        self.n_components_ = k
+        self.G_ = state.G
+        D = W_out if state.G is None else state.G @ W_out
+        self.n_components_ = A_out.shape[1]
         self.components_ = np.ascontiguousarray(D.T) if self.hspy_comp else self.H_
-        self._n_features_out = k
+        self._n_features_out = self.n_components_
         data_term = state.extras["final_terms"]["data"] * (scale if not self.l2 else scale**2)
         self.reconstruction_err_ = float(np.sqrt(2 * data_term) if self.l2 else data_term)
         return A_out.copy() if self.hspy_comp else D
@@ -436,14 +446,7 @@ class NMFEstimator(
         ndarray (n_samples, n_components_)
         """
         check_is_fitted(self)
-        X = validate_data(
-            self,
-            X,
-            accept_sparse=("csr", "csc", "coo"),
-            dtype=self._compute_dtype(),
-            reset=False,
-        )
-        check_non_negative(X, f"{type(self).__name__}.transform (input X)")
+        X = self._validate_input(X, reset=False, where="transform (input X)")
         if sp.issparse(X):
             X = X.tocsr()
         dtype = X.dtype
@@ -509,6 +512,7 @@ class NMFEstimator(
         state = FitState(
             X=Xi, W=W, A=A, G=self.G_, floor=float(self.log_shift), x_constants=x_constants
         )
+        state.free_W_rows = self._simplex_rows(W.shape[0])
         self._prepare(state)
         terms = self._objective_terms(state)
         total = sum(terms.values())
@@ -534,6 +538,37 @@ class NMFEstimator(
         return tags
 
     # -------------------------------------------------------------- internals
+    #: Whether the data must be non-negative (counts); semi-NMF accepts signed data.
+    _non_negative_input: bool = True
+
+    def _validate_input(self, X, *, reset: bool, where: str):
+        """``X`` validated by scikit-learn (dtype, finiteness, sign, feature count)."""
+        X = validate_data(
+            self,
+            X,
+            accept_sparse=("csr", "csc", "coo"),
+            dtype=self._compute_dtype(),
+            reset=reset,
+        )
+        if self._non_negative_input:
+            check_non_negative(X, f"{type(self).__name__} {where}")
+        return X
+
+    def _data_scale(self, Xi) -> float:
+        """The ``normalize`` divisor: mean counts per pixel (1 when not positive)."""
+        total = kernels.data_sum(Xi)
+        return total / Xi.shape[0] if total > 0 else 1.0
+
+    def _simplex_rows(self, m: int) -> np.ndarray | None:
+        """Rows of ``W`` under ``simplex_W`` when ``G`` labels them (None: all rows)."""
+        rows = getattr(self.G, "simplex_rows", None)
+        if rows is None:
+            return None
+        rows = np.asarray(rows, dtype=bool)
+        if rows.shape != (m,):
+            raise ValueError(f"G.simplex_rows must have shape ({m},), got {rows.shape}.")
+        return None if rows.all() else rows
+
     def _compute_dtype(self):
         """The ``dtype`` argument of ``validate_data`` for the ``dtype`` parameter."""
         if self.dtype is None:
@@ -579,6 +614,7 @@ class NMFEstimator(
         if self.G is None:
             return None
         G = self.G(X) if callable(self.G) else self.G
+        G = getattr(G, "values", G)  # a labelled G (espm_lite.models.LabelledG)
         try:
             G = np.array(G, dtype=dtype)  # a copy: the caller's G is never touched
         except (TypeError, ValueError) as exc:

@@ -22,12 +22,16 @@ import warnings
 import numpy as np
 from sklearn.base import clone
 
-from ..estimators import NMFEstimator, SmoothNMF
+from ..estimators import SNMF, ConvexNMF, NMFEstimator, SmoothNMF
 
 _logger = logging.getLogger(__name__)
 
 #: Algorithm names accepted by ``decomposition(algorithm=...)``.
-ALGORITHMS: dict[str, type[NMFEstimator]] = {"SmoothNMF": SmoothNMF}
+ALGORITHMS: dict[str, type[NMFEstimator]] = {
+    "SmoothNMF": SmoothNMF,
+    "SNMF": SNMF,
+    "ConvexNMF": ConvexNMF,
+}
 
 
 def resolve_estimator(algorithm, output_dimension, kwargs: dict) -> NMFEstimator | None:
