@@ -7,8 +7,17 @@ Estimators in the scikit-learn style, all built on :class:`NMFEstimator`
 """
 
 from . import datasets, measures
-from .estimators import SNMF, ConvexNMF, NMFEstimator, SmoothNMF
+from .estimators import PNMF, SNMF, ConvexNMF, NMFEstimator, SmoothNMF
 
 __version__ = "0.1.0"
 
-__all__ = ["ConvexNMF", "NMFEstimator", "SNMF", "SmoothNMF", "datasets", "measures", "__version__"]
+__all__ = [
+    "ConvexNMF",
+    "NMFEstimator",
+    "PNMF",
+    "SNMF",
+    "SmoothNMF",
+    "datasets",
+    "measures",
+    "__version__",
+]

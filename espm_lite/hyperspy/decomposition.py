@@ -16,13 +16,14 @@ breaks the Poisson (KL) model.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 
 import numpy as np
 from sklearn.base import clone
 
-from ..estimators import SNMF, ConvexNMF, NMFEstimator, SmoothNMF
+from ..estimators import PNMF, SNMF, ConvexNMF, NMFEstimator, SmoothNMF
 
 _logger = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ ALGORITHMS: dict[str, type[NMFEstimator]] = {
     "SmoothNMF": SmoothNMF,
     "SNMF": SNMF,
     "ConvexNMF": ConvexNMF,
+    "PNMF": PNMF,
 }
 
 
@@ -118,7 +120,9 @@ class EspmDecompositionMixin:
         print_info : bool
             Log a summary at INFO level (espm_lite never prints).
         **kwargs
-            Estimator parameters.
+            Estimator parameters. ``G="edx"`` builds the known matrix of the
+            X-ray lines of the signal's elements (``EDS_espm_lite`` signals,
+            see ``build_G``); masked channels are dropped from any ``G``.
 
         Returns
         -------
@@ -175,6 +179,7 @@ class EspmDecompositionMixin:
         if X.size == 0:
             raise ValueError("All the data are masked: change navigation_mask / signal_mask.")
 
+        self._espm_known_matrix(estimator, sig_mask)
         smoothing = getattr(estimator, "lambda_L", 0) > 0
         if nav_mask is not None and nav_mask.any():
             if smoothing:
@@ -233,6 +238,30 @@ class EspmDecompositionMixin:
         self._espm_estimator = estimator
         return estimator if return_info else None
 
+    def _espm_known_matrix(self, estimator, sig_mask) -> None:
+        """Resolve ``G="edx"`` (built from this signal) and drop masked channels from ``G``."""
+        params = estimator.get_params(deep=False)
+        if "G" not in params:
+            return
+        G = params["G"]
+        if isinstance(G, str):
+            if G != "edx":
+                raise ValueError(f"G must be an array, a callable, None or 'edx', got {G!r}.")
+            build = getattr(self, "build_G", None)
+            if build is None:
+                raise ValueError(
+                    "G='edx' needs an EDX signal: set_signal_type('EDS_espm_lite') and "
+                    "add elements and the beam energy to the metadata."
+                )
+            G = build()
+        if sig_mask is not None and G is not None and not callable(G):
+            keep = ~sig_mask
+            if hasattr(G, "labels"):
+                G = dataclasses.replace(G, values=np.asarray(G.values)[keep])
+            else:
+                G = np.asarray(G)[keep]
+        estimator.set_params(G=G)
+
     def _get_factors(self, factors):
         """Factor signals of this class, with the sample and instrument metadata."""
         signal = super()._get_factors(factors)
@@ -257,6 +286,8 @@ def _serialisable_params(estimator: NMFEstimator) -> dict:
             isinstance(v, (int, float, np.integer, np.floating)) for v in value
         ):
             out[name] = [float(v) if isinstance(v, (float, np.floating)) else int(v) for v in value]
+        elif hasattr(value, "labels"):  # a labelled G
+            out[name] = f"<G of shape {np.shape(value.values)}, columns {list(value.labels)}>"
         elif isinstance(value, np.ndarray):
             out[name] = f"<array of shape {value.shape}>"
         else:
