@@ -21,6 +21,10 @@ from .. import _least_squares as lsq
 from .._initialization import kmeans_factors
 from .base import FitState, NMFEstimator
 
+#: Multiplicative map updates per iteration: they reuse ``X D`` and ``D^T D``, so a
+#: sweep costs ``O(p k^2)`` against ``O(n p k)`` for a pass over the data.
+MAP_SWEEPS = 10
+
 #: Start of the Frobenius estimators: k-means (Ding et al.) or random.
 FROBENIUS_INITS = ("kmeans", "random")
 

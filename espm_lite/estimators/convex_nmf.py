@@ -9,7 +9,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 
 from .. import _kernels as kernels
 from .. import _least_squares as lsq
-from ._frobenius import SPARSITY_CONSTRAINT, FrobeniusNMF, sqrt_update
+from ._frobenius import MAP_SWEEPS, SPARSITY_CONSTRAINT, FrobeniusNMF, sqrt_update
 from .base import FitState
 
 SOLVERS = ("mu", "pgd")
@@ -46,7 +46,8 @@ class ConvexNMF(FrobeniusNMF):
     Solvers, with ``M = D^T D``:
 
     * ``"mu"`` (Ding-Li-Jordan multiplicative rules, monotone):
-      ``A <- A sqrt(X D / (A M + l1))`` and
+      ``A <- A sqrt(X D / (A M + l1))`` (10 sweeps per iteration, which
+      reuse ``X D`` and ``M``: no pass over the data) and
       ``B <- B sqrt(K A / (K B A^T A))`` with ``K A = X (X^T A)`` and
       ``K B A^T A = (X D)(A^T A)``;
     * ``"pgd"`` (alternating projected gradient): steps ``1 / L`` with the
@@ -207,7 +208,8 @@ n_features_in_, data_path_
         terms = self._terms(state, KB, gram)  # objective of the iterate before the update
         l1 = float(self.l1_penalty)
         if self.solver == "mu":
-            A[...] = sqrt_update(A, KB, A @ gram + l1, floor)
+            for _ in range(MAP_SWEEPS):  # no pass over the data: O(p k^2) each
+                A[...] = sqrt_update(A, KB, A @ gram + l1, floor)
             KA = np.asarray(X @ np.asarray(X.T @ A))
             B[...] = sqrt_update(B, KA, KB @ (A.T @ A), floor)
             if self.strict_convex:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _least_squares as lsq
-from ._frobenius import SPARSITY_CONSTRAINT, FrobeniusNMF, split, sqrt_update
+from ._frobenius import MAP_SWEEPS, SPARSITY_CONSTRAINT, FrobeniusNMF, split, sqrt_update
 from .base import FitState
 
 #: Proximal-gradient steps of the spectra update when ``sparsity > 0``.
@@ -38,7 +38,9 @@ class SNMF(FrobeniusNMF):
 
         H^T \leftarrow H^T \odot \sqrt{\frac{P^+ + H^T M^-}{P^- + H^T M^+ + \lambda}},
 
-    a majorisation-minimisation step (the objective never increases), then
+    a majorisation-minimisation step (the objective never increases), repeated
+    ``MAP_SWEEPS`` (10) times per iteration (the sweeps reuse ``P`` and ``M``:
+    ``O(p k^2)`` each, no pass over the data), then
     the spectra: with ``sparsity=0`` the exact least-squares solution
     ``W = (G^T G)^{-1} G^T X H^T (H H^T)^{-1}`` by Cholesky solves (no
     explicit inverse); with ``sparsity > 0`` (``G=None`` only) five
@@ -201,7 +203,8 @@ n_features_in_, data_path_, G_
         XD_pos, XD_neg = split(XD)
         gram_pos, gram_neg = split(gram)
         l1 = self._map_l1(state)
-        A[...] = sqrt_update(A, XD_pos + A @ gram_neg, XD_neg + A @ gram_pos + l1, floor)
+        for _ in range(MAP_SWEEPS):  # no pass over the data: O(p k^2) each
+            A[...] = sqrt_update(A, XD_pos + A @ gram_neg, XD_neg + A @ gram_pos + l1, floor)
 
         XtA = np.asarray(X.T @ A)  # (n, k)
         gram_A = A.T @ A
