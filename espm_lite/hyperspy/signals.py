@@ -90,6 +90,131 @@ class EDSespmSpectrum(EspmDecompositionMixin, EDSTEMSpectrum):
 
     get_take_off_angle.__doc__ = EDSTEMSpectrum.get_take_off_angle.__doc__
 
+    # ------------------------------------------------------------ EDX physics
+    def edx_model(self, elements=None, beam_energy=None, **model_kwargs):
+        """The :class:`~espm_lite.models.EDXModel` of this signal.
+
+        Reads the elements (``metadata.Sample.elements``), the beam energy
+        (``metadata.Acquisition_instrument.TEM.beam_energy``, keV) and the
+        energy axis (offset, scale, size; units must be keV) from the
+        signal; ``elements`` / ``beam_energy`` given here take precedence.
+
+        Parameters
+        ----------
+        elements : sequence of str, optional
+        beam_energy : float, optional
+            keV.
+        **model_kwargs
+            Other :class:`~espm_lite.models.EDXModel` parameters
+            (``fwhm_mn_ka``, ``n_background``, ``element_factors``...).
+
+        Raises
+        ------
+        ValueError
+            Listing every missing item and the metadata path (or method) to set it.
+        """
+        from ..models import EDXModel
+
+        problems = []
+        if elements is None:
+            if self.metadata.has_item("Sample.elements") and len(self.metadata.Sample.elements):
+                elements = list(self.metadata.Sample.elements)
+            else:
+                problems.append(
+                    "no elements: set metadata.Sample.elements with s.add_elements(['Fe', 'O'])"
+                    " or pass elements=..."
+                )
+        if beam_energy is None:
+            path = "Acquisition_instrument.TEM.beam_energy"
+            if self.metadata.has_item(path):
+                beam_energy = float(self.metadata.get_item(path))
+            else:
+                problems.append(
+                    f"no beam energy: set metadata.{path} (keV) with "
+                    "s.set_microscope_parameters(beam_energy=200) or pass beam_energy=..."
+                )
+        axis = self.axes_manager.signal_axes[0]
+        if str(axis.units).strip() != "keV":
+            problems.append(
+                f"the energy axis is in {axis.units!r}, not 'keV': set "
+                "axes_manager.signal_axes[0].units = 'keV' and its offset and scale in keV"
+            )
+        elif not getattr(axis, "is_uniform", True):
+            problems.append("the energy axis is not uniform (offset + i * scale is needed)")
+        if problems:
+            raise ValueError("Cannot build the EDX model of this signal: " + "; ".join(problems))
+        return EDXModel(
+            elements,
+            beam_energy,
+            energy_offset=float(axis.offset),
+            energy_scale=float(axis.scale),
+            n_channels=int(axis.size),
+            **model_kwargs,
+        )
+
+    def build_G(self, elements=None, beam_energy=None, **model_kwargs):
+        """Known matrix ``G`` of this signal's X-ray lines and bremsstrahlung.
+
+        ``s.decomposition(algorithm="SmoothNMF", G="edx")`` calls it; pass
+        ``G=s.build_G(...)`` to choose the model parameters. See
+        :meth:`edx_model` for the parameters and the metadata read.
+
+        Returns
+        -------
+        espm_lite.models.LabelledG
+            ``(n_channels, n_elements + n_background)``, element columns first.
+        """
+        return self.edx_model(elements, beam_energy, **model_kwargs).build_G()
+
+    def _fitted_edx(self):
+        estimator = self.espm_estimator
+        G = None if estimator is None else estimator.get_params(deep=False).get("G")
+        if G is None or not hasattr(G, "labels"):
+            raise ValueError(
+                "No EDX fit: run s.decomposition(algorithm='SmoothNMF', G='edx', ...) "
+                "(or G=s.build_G(...)) first."
+            )
+        return estimator, G
+
+    def concentration_table(self, kind: str = "atomic"):
+        """Element fractions of every phase of the last ``G="edx"`` decomposition.
+
+        Parameters
+        ----------
+        kind : {"atomic", "weight"}, default="atomic"
+            Atomic or weight fractions of the characteristic part of each
+            phase (bremsstrahlung excluded).
+
+        Returns
+        -------
+        espm_lite.quantification.ConcentrationTable
+            Printable; values, counting-statistics uncertainties and counts.
+        """
+        from ..models.edx import atomic_weights
+        from ..quantification import concentration_table
+
+        estimator, G = self._fitted_edx()
+        elements = G.element_labels
+        weights = atomic_weights(elements) if kind == "weight" else None
+        return concentration_table(estimator.W_, estimator.H_, G, kind=kind, atomic_weights=weights)
+
+    def plot_element_contributions(self, phases=None):
+        """Each phase spectrum with its element and background contributions stacked.
+
+        Returns
+        -------
+        matplotlib Figure
+        """
+        from ..quantification import plot_element_contributions
+
+        estimator, G = self._fitted_edx()
+        axis = self.axes_manager.signal_axes[0]
+        energy = np.asarray(axis.axis, dtype=np.float64)
+        mask = getattr(self.learning_results, "signal_mask", None)
+        if mask is not None:
+            energy = energy[~np.asarray(mask, dtype=bool).ravel()]
+        return plot_element_contributions(estimator.W_, estimator.H_, G, energy, phases=phases)
+
 
 class LazyEDSespmSpectrum(LazyEspmDecompositionMixin, EDSespmSpectrum, LazyEDSTEMSpectrum):
     """Lazy :class:`EDSespmSpectrum`."""

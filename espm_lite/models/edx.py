@@ -1,0 +1,356 @@
+r"""The EDX physics matrix ``G``: X-ray lines of elements plus bremsstrahlung.
+
+``X ~ G W H``: column ``e`` of ``G`` is the detected spectrum of element
+``e`` per unit atomic fraction, so that a phase's column of ``W`` holds its
+atomic fractions (element rows, on the simplex) and its bremsstrahlung
+weights (background rows, free).
+
+Physical model and its simplifications (a "lite" model, documented so that
+its limits are known):
+
+* **Lines.** Energies and relative weights from exspy's elements database
+  (``exspy.material.elements``). exspy's weights are relative within one
+  line family (K, L, M): each family emits ``omega Q`` X-rays per atom (see
+  the element factor), shared among its lines in proportion to their
+  weights. Lines outside the energy range, above the beam energy or weaker
+  than ``min_line_weight`` are dropped (logged at DEBUG level) with their
+  share of the intensity.
+* **Peak shape.** A Gaussian per line, integrated over each channel, with the
+  detector resolution ``FWHM(E)^2 = FWHM_MnKa^2 + 2.5 eV (E - 5898.7 eV)``
+  (Fiori & Newbury), FWHM_MnKa 130 eV by default. No escape or sum peaks,
+  no incomplete-charge tail.
+* **Element factor** ``f_e`` (expected detected characteristic counts per
+  unit atomic fraction, relative): a thin-film model, the sum over the kept
+  lines of ``omega_F(Z) Q_F(U) (w_l / sum_F w) eff(E_l)``, with the
+  fluorescence yield
+  ``omega = Z^4 / (a + Z^4)`` (Wentzel-type fit; ``a`` = 1.12e6, 1.0e8,
+  1.0e9 for K, L, M), the ionisation cross-section ``Q ~ ln(U) / (U E_c^2)``
+  with ``U = E_0 / E_c`` (Bethe, non-relativistic) and ``E_c`` the binding
+  energy of the shell (exspy's ``Binding_energies``), and ``eff`` the
+  detector efficiency. No absorption or fluorescence in the sample (thin
+  film). Factors are relative: they are divided by their mean. Pass
+  ``element_factors={...}`` (e.g. from Cliff-Lorimer k-factors: ``f_e`` is
+  proportional to ``1 / k_e``) to override them; :attr:`EDXModel.factor_source`
+  says which are used.
+* **Normalisation.** Element column ``e`` sums (over the channels) to
+  ``f_e``; each bremsstrahlung column sums to 1.
+* **Bremsstrahlung.** ``n_background`` smooth non-negative shapes
+  ``eff(E) (E_0 - E) / E^{1 + j}``, ``j = 0, 1, ...`` (Kramers' law and
+  steeper variants), so the fit can adjust the background's slope.
+* **Detector efficiency** (``detector_efficiency=True``): a generic silicon
+  drift detector, ``exp(-(0.25 keV / E)^2.5) (1 - exp(-(15 keV / E)^3))``:
+  window absorption at low energy, transparency of the crystal at high
+  energy. No absorption edges. ``False`` gives 1; a callable of the energy
+  (keV) replaces it.
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+from scipy.special import erf
+
+from .known_matrix import LabelledG
+
+logger = logging.getLogger(__name__)
+
+#: Energy (keV) of Mn Kα, the reference of the detector resolution.
+MN_KA = 5.8987
+#: Fluorescence-yield constants ``a`` of ``Z^4 / (a + Z^4)`` per line family.
+FLUORESCENCE_A = {"K": 1.12e6, "L": 1.0e8, "M": 1.0e9}
+#: Shell whose binding energy is the critical energy of each family.
+FAMILY_SHELL = {"K": "K", "L": "L3", "M": "M5"}
+
+
+def _database():
+    from exspy.material import elements
+
+    return elements
+
+
+def _element_entry(element: str):
+    db = _database()
+    if not isinstance(element, str) or element not in db:
+        raise ValueError(f"Unknown element {element!r}: not in exspy's elements database.")
+    return db[element]
+
+
+def atomic_weights(elements: Sequence[str]) -> np.ndarray:
+    """Atomic weights (g/mol) of ``elements`` from exspy's database."""
+    return np.array([float(_element_entry(e).General_properties.atomic_weight) for e in elements])
+
+
+def atomic_to_weight_fractions(fractions, elements: Sequence[str]) -> np.ndarray:
+    """Weight fractions from atomic fractions (rows: phases, columns: ``elements``)."""
+    fractions = np.atleast_2d(np.asarray(fractions, dtype=np.float64))
+    mass = fractions * atomic_weights(elements)
+    return mass / mass.sum(axis=1, keepdims=True)
+
+
+def weight_to_atomic_fractions(fractions, elements: Sequence[str]) -> np.ndarray:
+    """Atomic fractions from weight fractions (rows: phases, columns: ``elements``)."""
+    fractions = np.atleast_2d(np.asarray(fractions, dtype=np.float64))
+    moles = fractions / atomic_weights(elements)
+    return moles / moles.sum(axis=1, keepdims=True)
+
+
+def default_detector_efficiency(energy) -> np.ndarray:
+    """Generic SDD efficiency: window absorption and crystal transparency (see module)."""
+    energy = np.maximum(np.asarray(energy, dtype=np.float64), 1e-6)
+    return np.exp(-((0.25 / energy) ** 2.5)) * (1.0 - np.exp(-((15.0 / energy) ** 3)))
+
+
+def fwhm_at(energy, fwhm_mn_ka: float = 0.130) -> np.ndarray:
+    """Detector resolution FWHM (keV) at ``energy`` (keV), Fiori & Newbury.
+
+    ``FWHM^2 = FWHM_MnKa^2 + 2.5 eV (E - E_MnKa)``, floored at 30 % of
+    ``FWHM_MnKa`` (the formula would go to zero at very low energy).
+    """
+    energy = np.asarray(energy, dtype=np.float64)
+    squared = fwhm_mn_ka**2 + 2.5e-3 * (energy - MN_KA)
+    return np.sqrt(np.maximum(squared, (0.3 * fwhm_mn_ka) ** 2))
+
+
+class EDXModel:
+    """Physics matrix ``G`` of an EDX spectrum image (see the module docstring).
+
+    Parameters
+    ----------
+    elements : sequence of str
+        Element symbols (exspy's database), one column of ``G`` each.
+    beam_energy : float
+        keV.
+    energy_offset, energy_scale : float
+        keV; channel ``i`` is at ``energy_offset + i * energy_scale`` (its centre).
+    n_channels : int
+    fwhm_mn_ka : float, default=0.130
+        Detector resolution at Mn Kα, keV.
+    n_background : int, default=2
+        Number of bremsstrahlung columns (0 allowed).
+    element_factors : None, "equal" or mapping, default=None
+        ``None``: the thin-film model; ``"equal"``: all 1; a mapping gives
+        every element's factor (positive).
+    min_line_weight : float, default=0.01
+        Lines with a smaller exspy weight are dropped.
+    detector_efficiency : bool or callable, default=True
+
+    Attributes
+    ----------
+    energy : ndarray (n_channels,)
+    lines_ : dict
+        Element -> list of ``(line, energy keV, weight)`` kept.
+    element_factors_ : dict
+        Element -> factor used (the sum of its column of ``G``).
+    factor_source : str
+        ``"default thin-film model"``, ``"equal"`` or ``"user"``.
+
+    Examples
+    --------
+    >>> from espm_lite.models import EDXModel
+    >>> model = EDXModel(["Fe", "O"], 200.0, energy_offset=0.2, energy_scale=0.01,
+    ...                  n_channels=1980)
+    >>> G = model.build_G()
+    >>> G.shape, G.labels
+    ((1980, 4), ('Fe', 'O', 'bremsstrahlung_0', 'bremsstrahlung_1'))
+    """
+
+    def __init__(
+        self,
+        elements: Sequence[str],
+        beam_energy: float,
+        *,
+        energy_offset: float,
+        energy_scale: float,
+        n_channels: int,
+        fwhm_mn_ka: float = 0.130,
+        n_background: int = 2,
+        element_factors: None | str | Mapping[str, float] = None,
+        min_line_weight: float = 0.01,
+        detector_efficiency: bool | Callable = True,
+    ) -> None:
+        if isinstance(elements, str) or not isinstance(elements, Sequence) or not elements:
+            raise TypeError(f"elements must be a non-empty list of symbols, got {elements!r}.")
+        if len(set(elements)) != len(elements):
+            raise ValueError(f"elements must be unique, got {list(elements)}.")
+        unknown = [e for e in elements if not isinstance(e, str) or e not in _database()]
+        if unknown:
+            raise ValueError(f"Unknown elements {unknown}: not in exspy's elements database.")
+        self.elements = tuple(elements)
+        self.beam_energy = _positive("beam_energy", beam_energy)
+        self.energy_offset = _real("energy_offset", energy_offset)
+        self.energy_scale = _positive("energy_scale", energy_scale)
+        if not isinstance(n_channels, numbers.Integral) or n_channels < 1:
+            raise ValueError(f"n_channels must be a positive integer, got {n_channels!r}.")
+        self.n_channels = int(n_channels)
+        self.fwhm_mn_ka = _positive("fwhm_mn_ka", fwhm_mn_ka)
+        if not isinstance(n_background, numbers.Integral) or n_background < 0:
+            raise ValueError(f"n_background must be an integer >= 0, got {n_background!r}.")
+        self.n_background = int(n_background)
+        self.min_line_weight = _real("min_line_weight", min_line_weight)
+        if not (isinstance(detector_efficiency, bool) or callable(detector_efficiency)):
+            raise TypeError(
+                f"detector_efficiency must be a bool or a callable, got {detector_efficiency!r}."
+            )
+        self.detector_efficiency = detector_efficiency
+        self.lines_ = {e: self._lines_in_range(e) for e in self.elements}
+        self.element_factors_, self.factor_source = self._factors(element_factors)
+
+    # ----------------------------------------------------------- quantities
+    @property
+    def energy(self) -> np.ndarray:
+        """Channel energies (keV): ``energy_offset + i * energy_scale``."""
+        return self.energy_offset + self.energy_scale * np.arange(self.n_channels)
+
+    def efficiency(self, energy) -> np.ndarray:
+        """Detector efficiency at ``energy`` (keV)."""
+        energy = np.asarray(energy, dtype=np.float64)
+        if self.detector_efficiency is True:
+            return default_detector_efficiency(energy)
+        if self.detector_efficiency is False:
+            return np.ones_like(energy)
+        return np.asarray(self.detector_efficiency(energy), dtype=np.float64) * np.ones_like(energy)
+
+    def build_G(self) -> LabelledG:
+        """``G`` ``(n_channels, n_elements + n_background)``, elements first."""
+        columns = [self.element_column(e) for e in self.elements]
+        columns += [self.background_column(j) for j in range(self.n_background)]
+        labels = list(self.elements) + [f"bremsstrahlung_{j}" for j in range(self.n_background)]
+        rows = np.array([True] * len(self.elements) + [False] * self.n_background)
+        return LabelledG(np.column_stack(columns), tuple(labels), rows)
+
+    def element_column(self, element: str) -> np.ndarray:
+        """Column of ``element``: its lines at their relative intensities, summing to its factor."""
+        edges = self.energy_offset + self.energy_scale * (np.arange(self.n_channels + 1) - 0.5)
+        column = np.zeros(self.n_channels)
+        for (_, energy, _), intensity in zip(
+            self.lines_[element], self._line_intensities(element), strict=True
+        ):
+            sigma = fwhm_at(energy, self.fwhm_mn_ka) / (2 * np.sqrt(2 * np.log(2)))
+            cdf = 0.5 * erf((edges - energy) / (np.sqrt(2) * sigma))
+            column += intensity * np.diff(cdf)
+        return column * (self.element_factors_[element] / column.sum())
+
+    def _line_intensities(self, element: str) -> np.ndarray:
+        """Detected intensity of each kept line per unit atomic fraction (thin film).
+
+        Line ``l`` of family ``F``: ``omega_F Q_F w_l / sum_{F} w eff(E_l)``, the
+        family's yield split by exspy's weights (over all the family's lines,
+        so lines out of range take their share with them).
+        """
+        all_lines = _element_entry(element).Atomic_properties.Xray_lines
+        family_weight: dict[str, float] = {}
+        for name in all_lines.keys():
+            family_weight[name[0]] = family_weight.get(name[0], 0.0) + float(
+                all_lines[name]["weight"]
+            )
+        return np.array(
+            [
+                self._family_yield(element, name[0], energy)
+                * weight
+                / family_weight[name[0]]
+                * float(self.efficiency(energy))
+                for name, energy, weight in self.lines_[element]
+            ]
+        )
+
+    def background_column(self, j: int) -> np.ndarray:
+        """Bremsstrahlung shape ``eff(E) (E_0 - E) / E^{1+j}``, summing to 1."""
+        energy = np.maximum(self.energy, 0.5 * self.energy_scale)
+        shape = (
+            self.efficiency(energy) * np.maximum(self.beam_energy - energy, 0) / energy ** (1 + j)
+        )
+        total = shape.sum()
+        if total <= 0:
+            raise ValueError("The energy range has no bremsstrahlung (all above beam_energy).")
+        return shape / total
+
+    # ------------------------------------------------------------- internals
+    def _lines_in_range(self, element: str) -> list[tuple[str, float, float]]:
+        lines = _element_entry(element).Atomic_properties.Xray_lines
+        low = self.energy_offset - 0.5 * self.energy_scale
+        high = self.energy_offset + (self.n_channels - 0.5) * self.energy_scale
+        kept = []
+        for name in lines.keys():
+            energy = float(lines[name]["energy (keV)"])
+            weight = float(lines[name]["weight"])
+            if weight < self.min_line_weight:
+                logger.debug("%s %s (%.4g keV): weight %.3g dropped", element, name, energy, weight)
+            elif not low <= energy <= high:
+                logger.debug(
+                    "%s %s at %.4g keV is outside the energy range [%.4g, %.4g] keV: dropped",
+                    element,
+                    name,
+                    energy,
+                    low,
+                    high,
+                )
+            elif energy >= self.beam_energy:
+                logger.debug(
+                    "%s %s at %.4g keV is above the beam energy: dropped", element, name, energy
+                )
+            else:
+                kept.append((name, energy, weight))
+        if not kept:
+            raise ValueError(
+                f"{element} has no X-ray line in the energy range [{low:.4g}, {high:.4g}] keV "
+                f"below the beam energy {self.beam_energy:g} keV: remove it from the elements."
+            )
+        return kept
+
+    def _factors(self, element_factors) -> tuple[dict[str, float], str]:
+        if element_factors is None:
+            raw = {e: self._thin_film_factor(e) for e in self.elements}
+            mean = float(np.mean(list(raw.values())))
+            return {e: f / mean for e, f in raw.items()}, "default thin-film model"
+        if isinstance(element_factors, str):
+            if element_factors != "equal":
+                raise ValueError(
+                    f"element_factors must be None, 'equal' or a mapping, got {element_factors!r}."
+                )
+            return {e: 1.0 for e in self.elements}, "equal"
+        if not isinstance(element_factors, Mapping):
+            raise TypeError(
+                f"element_factors must be None, 'equal' or a mapping, got {element_factors!r}."
+            )
+        missing = [e for e in self.elements if e not in element_factors]
+        if missing:
+            raise ValueError(f"element_factors has no factor for {missing}.")
+        factors = {e: float(element_factors[e]) for e in self.elements}
+        bad = [e for e, f in factors.items() if not (np.isfinite(f) and f > 0)]
+        if bad:
+            raise ValueError(f"element_factors must be positive and finite; not for {bad}.")
+        return factors, "user"
+
+    def _thin_film_factor(self, element: str) -> float:
+        """Detected characteristic counts per unit atomic fraction (relative, thin film)."""
+        return float(self._line_intensities(element).sum())
+
+    def _family_yield(self, element: str, family: str, line_energy: float) -> float:
+        """``omega(Z) Q(U)`` of a line family: X-rays emitted per atom, relative."""
+        entry = _element_entry(element)
+        z = float(entry.General_properties.Z)
+        omega = z**4 / (FLUORESCENCE_A.get(family, FLUORESCENCE_A["M"]) + z**4)
+        critical = 1.1 * line_energy  # fallback when exspy has no binding energy
+        binding = entry.Atomic_properties.get_item("Binding_energies", {})
+        shell = FAMILY_SHELL.get(family)
+        if shell is not None and binding and shell in binding:
+            critical = float(binding[shell]["onset_energy (eV)"]) / 1000.0
+        overvoltage = self.beam_energy / critical
+        if overvoltage <= 1:
+            return 0.0
+        return float(omega * np.log(overvoltage) / (overvoltage * critical**2))
+
+
+def _positive(name: str, value) -> float:
+    if not isinstance(value, numbers.Real) or not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}.")
+    return float(value)
+
+
+def _real(name: str, value) -> float:
+    if not isinstance(value, numbers.Real) or not np.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}.")
+    return float(value)

@@ -1,0 +1,207 @@
+r"""Element quantification of phases fitted with a labelled known matrix ``G``.
+
+With ``X ~ G W H`` and a :class:`~espm_lite.models.LabelledG` whose element
+column ``e`` sums to the element factor ``f_e`` over the channels (the
+expected characteristic counts per unit atomic fraction, see
+:class:`~espm_lite.models.EDXModel`), phase ``r`` attributes
+
+.. math:: N_{er} = f_e \, W_{er} \sum_j H_{rj}
+
+counts to element ``e``, and the atomic fraction of ``e`` in the
+characteristic part of the phase is
+
+.. math:: c_{er} = \frac{N_{er} / f_e}{\sum_i N_{ir} / f_i} = \frac{W_{er}}{\sum_i W_{ir}}.
+
+Uncertainty: the counts ``N_{ir}`` are treated as independent Poisson
+variables (counting statistics only; the uncertainty of the factors ``f``,
+of the fit's rotational freedom and of the background separation are not
+included), so to first order
+
+.. math:: \sigma^2(c_{er}) = \sum_i \Big(\frac{\partial c_{er}}{\partial N_{ir}}\Big)^2 N_{ir}
+          = \sum_i (\delta_{ei} - c_{er})^2 \frac{c_{ir}}{f_i S_r},
+          \qquad S_r = \sum_i N_{ir} / f_i.
+
+Weight fractions replace ``f_i`` by ``f_i / A_i`` (``A_i`` the atomic weight).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+FRACTION_KINDS = ("atomic", "weight")
+
+
+@dataclass(frozen=True)
+class ConcentrationTable:
+    """Element fractions of the characteristic part of each phase, with uncertainties.
+
+    Attributes
+    ----------
+    elements : tuple of str
+    phases : tuple of str
+    values : ndarray (n_phases, n_elements)
+        Fractions (each row sums to 1).
+    uncertainties : ndarray (n_phases, n_elements)
+        One standard deviation from counting statistics.
+    counts : ndarray (n_phases, n_elements)
+        Characteristic counts the fit attributes to each element in each phase.
+    kind : {"atomic", "weight"}
+    """
+
+    elements: tuple[str, ...]
+    phases: tuple[str, ...]
+    values: np.ndarray
+    uncertainties: np.ndarray
+    counts: np.ndarray
+    kind: str
+
+    def __str__(self) -> str:
+        title = f"{self.kind} fraction of the characteristic X-rays (± 1 sd, counting statistics)"
+        width = max(16, *(len(p) + 2 for p in self.phases))
+        header = "element".ljust(9) + "".join(p.rjust(width) for p in self.phases)
+        lines = [title, header]
+        for e, element in enumerate(self.elements):
+            cells = "".join(
+                f"{self.values[r, e]:.4f} ± {self.uncertainties[r, e]:.4f}".rjust(width)
+                for r in range(len(self.phases))
+            )
+            lines.append(element.ljust(9) + cells)
+        totals = "".join(f"{c:.3g}".rjust(width) for c in self.counts.sum(axis=1))
+        lines.append("counts".ljust(9) + totals)
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def as_dict(self) -> dict[str, dict[str, tuple[float, float]]]:
+        """``{phase: {element: (fraction, uncertainty)}}``."""
+        return {
+            phase: {
+                element: (float(self.values[r, e]), float(self.uncertainties[r, e]))
+                for e, element in enumerate(self.elements)
+            }
+            for r, phase in enumerate(self.phases)
+        }
+
+
+def _fractions_and_sd(counts: np.ndarray, factors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fractions ``c`` (rows sum to 1) and their first-order Poisson sd, per phase (row)."""
+    amounts = counts / factors  # N_i / f_i
+    totals = amounts.sum(axis=1, keepdims=True)
+    safe = np.where(totals > 0, totals, 1.0)
+    fractions = amounts / safe
+    # sigma^2(c_e) = sum_i (delta_ei - c_e)^2 c_i / (f_i S)
+    weights = fractions / (factors * safe)  # c_i / (f_i S), (k, E)
+    n_el = counts.shape[1]
+    delta = np.eye(n_el)
+    var = np.einsum("rei,ri->re", (delta[None] - fractions[:, :, None]) ** 2, weights)
+    return fractions, np.sqrt(np.maximum(var, 0.0))
+
+
+def concentration_table(
+    W: np.ndarray,
+    H: np.ndarray,
+    G,
+    *,
+    kind: str = "atomic",
+    atomic_weights: np.ndarray | None = None,
+    phase_names=None,
+) -> ConcentrationTable:
+    """Element fractions per phase from a fit ``X ~ G W H`` with a labelled ``G``.
+
+    Parameters
+    ----------
+    W : ndarray (m, k)
+        Fitted ``W`` (in counts: the maps ``H`` carry the intensity).
+    H : ndarray (k, p)
+        Fitted maps.
+    G : LabelledG
+        The known matrix of the fit (element columns sum to their factors).
+    kind : {"atomic", "weight"}, default="atomic"
+        Atomic fractions, or weight fractions (needs ``atomic_weights``).
+    atomic_weights : ndarray (n_elements,), optional
+        Atomic weights of ``G.element_labels`` in that order.
+    phase_names : sequence of str, optional
+        Default ``"phase 0"``, ``"phase 1"``, ...
+
+    Returns
+    -------
+    ConcentrationTable
+    """
+    if kind not in FRACTION_KINDS:
+        raise ValueError(f"kind must be one of {FRACTION_KINDS}, got {kind!r}.")
+    rows = getattr(G, "simplex_rows", None)
+    labels = getattr(G, "labels", None)
+    if rows is None or labels is None:
+        raise TypeError(
+            "G must be a labelled known matrix (espm_lite.models.LabelledG, e.g. from "
+            f"EDXModel.build_G() or s.build_G()), got {type(G).__name__}."
+        )
+    rows = np.asarray(rows, dtype=bool)
+    values = np.asarray(G.values if hasattr(G, "values") else G, dtype=np.float64)
+    W = np.asarray(W, dtype=np.float64)
+    H = np.asarray(H, dtype=np.float64)
+    if W.shape[0] != values.shape[1] or H.shape[0] != W.shape[1]:
+        raise ValueError(f"W {W.shape} and H {H.shape} do not match G {values.shape} (X ~ G W H).")
+    factors = values.sum(axis=0)[rows]  # f_e: element column sums
+    elements = tuple(label for label, keep in zip(labels, rows, strict=True) if keep)
+    intensity = H.sum(axis=1)  # (k,)
+    counts = (factors[:, None] * W[rows] * intensity[None, :]).T  # N_er, (k, E)
+    if kind == "weight":
+        if atomic_weights is None:
+            raise ValueError("kind='weight' needs atomic_weights (one per element of G).")
+        weights = np.asarray(atomic_weights, dtype=np.float64)
+        if weights.shape != (len(elements),) or np.any(weights <= 0):
+            raise ValueError(
+                f"atomic_weights must be {len(elements)} positive values, got {weights!r}."
+            )
+        factors = factors / weights
+    fractions, sd = _fractions_and_sd(counts, factors)
+    k = W.shape[1]
+    names = tuple(phase_names) if phase_names is not None else tuple(f"phase {r}" for r in range(k))
+    if len(names) != k:
+        raise ValueError(f"phase_names must have {k} names, got {len(names)}.")
+    return ConcentrationTable(elements, names, fractions, sd, counts, kind)
+
+
+def plot_element_contributions(W, H, G, energy, *, phases=None, axes=None):
+    """Each phase spectrum with its element and background contributions stacked.
+
+    Parameters
+    ----------
+    W, H, G
+        As in :func:`concentration_table`.
+    energy : ndarray (n,)
+        Channel energies (keV).
+    phases : sequence of int, optional
+        Phases to show (default all), one panel each.
+    axes : sequence of matplotlib Axes, optional
+
+    Returns
+    -------
+    matplotlib Figure
+    """
+    import matplotlib.pyplot as plt
+
+    values = np.asarray(G.values if hasattr(G, "values") else G, dtype=np.float64)
+    W = np.asarray(W, dtype=np.float64)
+    intensity = np.asarray(H, dtype=np.float64).sum(axis=1)
+    phases = list(range(W.shape[1])) if phases is None else list(phases)
+    if axes is None:
+        fig, axes = plt.subplots(len(phases), 1, figsize=(8, 2.6 * len(phases)), squeeze=False)
+        axes = axes[:, 0]
+    else:
+        fig = axes[0].figure
+    labels = list(G.labels)
+    for ax, r in zip(axes, phases, strict=True):
+        parts = values * (W[:, r] * intensity[r])[None, :]  # (n, m) counts per column
+        ax.stackplot(energy, parts.T, labels=labels, alpha=0.8)
+        ax.plot(energy, parts.sum(axis=1), color="k", lw=0.6, label="phase spectrum")
+        ax.set_title(f"phase {r}")
+        ax.set_ylabel("counts")
+    axes[-1].set_xlabel("energy (keV)")
+    axes[0].legend(ncol=4, fontsize="small", loc="upper right")
+    fig.tight_layout()
+    return fig
