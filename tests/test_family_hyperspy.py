@@ -64,3 +64,19 @@ def test_snmf_decomposition_of_signed_signal(phantom):
     factors = s.get_decomposition_factors().data.T
     assert (factors < 0).any()
     assert np.all(s.get_decomposition_loadings().data >= 0)
+
+
+@pytest.mark.parametrize("signal_type", ["EDS_espm_lite", "spectrum_image"])
+@pytest.mark.parametrize("name", sorted(SETTINGS))
+def test_lazy_signals_give_the_eager_result(phantom, name, signal_type):
+    eager = phantom.to_signal(signal_type)
+    lazy = eager.as_lazy()
+    assert lazy._lazy and lazy.metadata.Signal.signal_type == signal_type
+    params = dict(output_dimension=3, random_state=0, verbose=0, max_iter=15)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        eager.decomposition(algorithm=name, **params)
+        lazy.decomposition(algorithm=name, **params)
+    np.testing.assert_allclose(
+        np.asarray(lazy.learning_results.factors), eager.learning_results.factors, rtol=1e-10
+    )
