@@ -1,5 +1,11 @@
 """Synthetic spectrum images with a known truth (Poisson counts).
 
+:func:`make_spectrum_image` draws generic phases (Gaussian peaks over a
+background); :func:`make_edx_spectrum_image` builds EDX phases from the
+physics matrix ``G`` of :class:`~espm_lite.models.EDXModel` (chosen elements
+and atomic fractions), so that a fit with ``G`` can be checked element by
+element.
+
 A phantom has ``k`` phases: each a spectrum of Gaussian peaks (X-ray-line-like
 widths) over a decaying bremsstrahlung-like background, and a smooth abundance
 map; the abundances of each pixel sum to one.  The counts are Poisson draws
@@ -8,10 +14,14 @@ around ``counts_per_pixel * spectra @ maps``.
 
 from __future__ import annotations
 
+import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import expit
+
+from .models import EDXModel, LabelledG
 
 MAP_KINDS = ("discs", "gradients")
 
@@ -344,4 +354,234 @@ def make_spectrum_image(
         shape_2d=(ny, nx),
         energy=energy,
         counts_per_pixel=float(counts_per_pixel),
+    )
+
+
+# ------------------------------------------------------------------ EDX phantoms
+#: Default elements: a silicate matrix, an Fe-Ti oxide and a Ca-Mg carbonate-like phase.
+DEFAULT_ELEMENTS = ("O", "Mg", "Al", "Si", "Ca", "Ti", "Fe")
+#: Default atomic fractions (rows: phases, columns: ``DEFAULT_ELEMENTS``).
+DEFAULT_FRACTIONS = (
+    (0.60, 0.03, 0.10, 0.25, 0.01, 0.005, 0.005),
+    (0.55, 0.02, 0.02, 0.005, 0.005, 0.15, 0.25),
+    (0.585, 0.15, 0.005, 0.005, 0.25, 0.0025, 0.0025),
+)
+#: Ratio of successive background columns' shares of the bremsstrahlung (0.7 / 0.3 for two).
+_BACKGROUND_RATIO = 3.0 / 7.0
+
+
+def _background_split(n_background: int) -> np.ndarray:
+    """Shares of the bremsstrahlung per background column: geometric, summing to 1."""
+    split = _BACKGROUND_RATIO ** np.arange(n_background, dtype=np.float64)
+    return split / split.sum()
+
+
+@dataclass(frozen=True)
+class EDXSpectrumImage(SyntheticSpectrumImage):
+    """An EDX phantom and its truth (see :class:`~espm_lite.datasets.SyntheticSpectrumImage`).
+
+    Attributes
+    ----------
+    model : EDXModel
+    G : LabelledG
+        ``(n, n_elements + n_background)``.
+    W : ndarray (m, k)
+        True ``W``: element rows are the atomic fractions, background rows the
+        bremsstrahlung (``spectra`` is ``G W`` normalised per column).
+    fractions : ndarray (k, n_elements)
+        True atomic fractions, each row sums to 1.
+    elements : tuple of str
+    beam_energy : float
+        keV.
+    """
+
+    model: EDXModel = None
+    G: LabelledG = None
+    W: np.ndarray = None
+    fractions: np.ndarray = None
+    elements: tuple[str, ...] = ()
+    beam_energy: float = 200.0
+
+    def to_signal(self, signal_type: str = "EDS_espm_lite", beam_energy: float | None = None):
+        """The phantom as an ``EDS_espm_lite`` HyperSpy signal of integer counts.
+
+        Parameters
+        ----------
+        signal_type : str, default="EDS_espm_lite"
+        beam_energy : float, optional
+            keV; default: the phantom's beam energy.
+
+        Returns
+        -------
+        EDSespmSpectrum
+            Data ``(ny, nx, n)`` int64, a keV energy axis (``energy_offset``,
+            ``energy_scale``), ``metadata.Sample.elements`` and
+            ``metadata.Acquisition_instrument.TEM.beam_energy`` set, so that
+            ``s.build_G()`` rebuilds :attr:`G`'s model.
+        """
+        s = super().to_signal(signal_type, self.beam_energy if beam_energy is None else beam_energy)
+        if hasattr(s, "add_elements"):
+            s.add_elements(list(self.elements))
+        else:
+            s.metadata.set_item("Sample.elements", sorted(self.elements))
+        s.metadata.General.title = f"Synthetic {self.spectra.shape[1]}-phase EDX spectrum image"
+        return s
+
+
+def make_edx_spectrum_image(
+    elements=DEFAULT_ELEMENTS,
+    fractions=None,
+    *,
+    shape_2d=(80, 80),
+    beam_energy: float = 200.0,
+    energy_offset: float = 0.2,
+    energy_scale: float = 0.01,
+    n_channels: int = 1980,
+    counts_per_pixel: float = 200.0,
+    background_fraction: float = 0.2,
+    map_kind: str = "discs",
+    seed=0,
+    model_kwargs: dict | None = None,
+) -> EDXSpectrumImage:
+    r"""A Poisson EDX spectrum image with known phases, maps and element fractions.
+
+    Parameters
+    ----------
+    elements : sequence of str, default ("O", "Mg", "Al", "Si", "Ca", "Ti", "Fe")
+    fractions : array-like (k, n_elements) or None
+        Atomic fractions of each phase (rows are normalised to sum to 1).
+        Default: three phases of the default elements (a silicate matrix,
+        an Fe-Ti oxide, a Ca-Mg carbonate-like phase), each with three
+        elements at 10 % or more (``DEFAULT_FRACTIONS``).
+    shape_2d : (int, int), default=(80, 80)
+    beam_energy : float, default=200
+        keV.
+    energy_offset, energy_scale : float
+        keV (defaults 0.2 keV and 10 eV).
+    n_channels : int, default=1980
+    counts_per_pixel : float, default=200
+        Mean counts of a pixel.
+    background_fraction : float in [0, 1), default=0.2
+        Share of each phase's counts that is bremsstrahlung (split between
+        the background columns of ``G`` in geometric proportions, 0.7 / 0.3
+        for the default two).
+    map_kind : {"discs", "gradients"}
+    seed : int, Generator or None, default=0
+        Same seed, same data (maps and Poisson draws).
+    model_kwargs : dict, optional
+        More :class:`~espm_lite.models.EDXModel` parameters (``fwhm_mn_ka``,
+        ``element_factors``, ``n_background``...). ``n_background=0`` needs
+        ``background_fraction=0``.
+
+    Returns
+    -------
+    EDXSpectrumImage
+        Its ``elements`` (and the columns of ``fractions`` and ``G``) are in
+        alphabetical order, the order of HyperSpy's ``metadata.Sample.elements``.
+
+    Notes
+    -----
+    Phase ``r`` has ``W[e, r] = x_re`` (atomic fractions) and background rows
+    ``W[b, r] = s_b beta/(1-beta) sum_e x_re f_e`` (``beta`` the
+    ``background_fraction``, ``s_b`` the split), so that a share ``beta`` of
+    its counts is bremsstrahlung. ``spectra = G W`` normalised per column and
+
+    .. math:: X_{ij} \sim \mathrm{Poisson}(c\, (\text{spectra} \cdot \text{maps})_{ij}),
+
+    ``c = counts_per_pixel``.
+
+    Raises
+    ------
+    ValueError
+        Bad shapes, fractions (negative, non-finite, wrong shape, missing for
+        non-default elements), ``background_fraction`` outside ``[0, 1)``, or
+        any invalid :class:`~espm_lite.models.EDXModel` parameter.
+    """
+    elements = tuple(elements)
+    ny, nx = _check_shape_2d(shape_2d)
+    counts_per_pixel = _check_positive_float("counts_per_pixel", counts_per_pixel)
+    n_channels = _check_positive_int("n_channels", n_channels)
+    if isinstance(elements, str) or not elements:
+        raise ValueError(f"elements must be a non-empty list of symbols, got {elements!r}.")
+    if len(set(elements)) != len(elements):
+        raise ValueError(f"elements must be unique, got {list(elements)}.")
+    if (
+        isinstance(background_fraction, bool)
+        or not isinstance(background_fraction, numbers.Real)
+        or not 0 <= background_fraction < 1
+    ):
+        raise ValueError(f"background_fraction must be in [0, 1), got {background_fraction!r}.")
+    background_fraction = float(background_fraction)
+    if model_kwargs is not None and not isinstance(model_kwargs, Mapping):
+        raise ValueError(f"model_kwargs must be a dict, got {model_kwargs!r}.")
+    if fractions is None:
+        if elements != DEFAULT_ELEMENTS:
+            raise ValueError("fractions must be given for elements other than the default.")
+        fractions = DEFAULT_FRACTIONS
+    try:
+        fractions = np.array(fractions, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"fractions must be an array of numbers, got {fractions!r}.") from None
+    if fractions.ndim != 2 or fractions.shape[1] != len(elements):
+        raise ValueError(
+            f"fractions must have shape (n_phases, {len(elements)}), got {fractions.shape}."
+        )
+    if (
+        fractions.shape[0] < 1
+        or not np.all(np.isfinite(fractions))
+        or np.any(fractions < 0)
+        or np.any(fractions.sum(axis=1) <= 0)
+    ):
+        raise ValueError("fractions must be finite, non-negative, with a positive sum per phase.")
+    fractions /= fractions.sum(axis=1, keepdims=True)
+    # Alphabetical order, as HyperSpy keeps metadata.Sample.elements.
+    order = sorted(range(len(elements)), key=lambda i: elements[i])
+    elements = tuple(elements[i] for i in order)
+    fractions = fractions[:, order]
+    kwargs = {"n_background": 2, **(model_kwargs or {})}
+    for reserved in ("elements", "beam_energy", "energy_offset", "energy_scale", "n_channels"):
+        if reserved in kwargs:
+            raise ValueError(
+                f"model_kwargs must not hold {reserved!r}: it is an argument of this function."
+            )
+    model = EDXModel(
+        list(elements),
+        beam_energy,
+        energy_offset=energy_offset,
+        energy_scale=energy_scale,
+        n_channels=n_channels,
+        **kwargs,
+    )
+    G = model.build_G()
+    n_background = model.n_background
+    if background_fraction > 0 and n_background == 0:
+        raise ValueError(
+            "background_fraction > 0 needs bremsstrahlung columns: model_kwargs n_background "
+            "must be >= 1 (or set background_fraction=0)."
+        )
+    factors = G.values.sum(axis=0)[: len(elements)]
+    characteristic = fractions @ factors  # counts per unit amount of each phase
+    background = characteristic * background_fraction / (1 - background_fraction)
+    W = np.vstack(
+        [fractions.T]
+        + ([np.outer(_background_split(n_background), background)] if n_background else [])
+    )
+    D = G.values @ W
+    spectra = D / D.sum(axis=0)
+    rng = np.random.default_rng(seed)
+    maps = make_maps((ny, nx), fractions.shape[0], map_kind, rng)
+    X = rng.poisson(counts_per_pixel * spectra @ maps).astype(np.float64)
+    return EDXSpectrumImage(
+        X=X,
+        spectra=spectra,
+        maps=maps,
+        shape_2d=(ny, nx),
+        energy=model.energy,
+        counts_per_pixel=counts_per_pixel,
+        model=model,
+        G=G,
+        W=W,
+        fractions=fractions,
+        elements=elements,
+        beam_energy=float(beam_energy),
     )

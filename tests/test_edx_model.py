@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("exspy")
 
 from espm_lite import SmoothNMF  # noqa: E402
-from espm_lite.edx_phantom import make_edx_spectrum_image  # noqa: E402
+from espm_lite.datasets import make_edx_spectrum_image  # noqa: E402
 from espm_lite.models import (  # noqa: E402
     EDXModel,
     LabelledG,
@@ -178,3 +178,125 @@ def test_phantom_rejects_bad_arguments():
         make_edx_spectrum_image(background_fraction=1.0)
     with pytest.raises(ValueError, match="shape"):
         make_edx_spectrum_image(elements=("Fe", "O"), fractions=[[0.5, 0.3, 0.2]])
+
+
+def test_resolution_formula_is_exspys():
+    utils = pytest.importorskip("exspy._misc.eds.utils")
+    for energy in (0.5, 1.74, 5.8987, 8.048, 15.0):
+        assert fwhm_at(energy, 0.130) == pytest.approx(utils.get_FWHM_at_Energy(130.0, energy))
+
+
+def test_weak_and_unexcited_lines_are_dropped_with_a_debug_log(caplog):
+    with caplog.at_level(logging.DEBUG, logger="espm_lite.models.edx"):
+        weak = model(("Fe",), min_line_weight=0.2)
+        # 4.8 keV beam: Ti Ka (4.51 keV) is below it, but the K shell (~4.97 keV) is not ionised
+        ti = EDXModel(["Ti"], 4.8, **AXIS)
+    assert [name for name, _, _ in weak.lines_["Fe"]] == ["Ka", "La", "Ll"]
+    assert any("Fe Lb3" in r.getMessage() and "weight" in r.getMessage() for r in caplog.records)
+    kept = [name for name, _, _ in ti.lines_["Ti"]]
+    assert "Ka" not in kept and "La" in kept
+    assert any(
+        "Ti Ka" in r.getMessage() and "not ionised" in r.getMessage() for r in caplog.records
+    )
+    G = ti.build_G()
+    assert np.all(np.isfinite(G.values)) and np.all(G.values >= 0)
+
+
+def test_constructor_rejects_bad_types_and_values():
+    with pytest.raises(TypeError, match="elements"):
+        EDXModel("Fe", 200.0, **AXIS)
+    with pytest.raises(TypeError, match="elements"):
+        EDXModel(["Fe", 26], 200.0, **AXIS)
+    with pytest.raises(ValueError, match="elements"):
+        EDXModel(["Fe", "Fe"], 200.0, **AXIS)
+    with pytest.raises(ValueError, match="elements"):
+        EDXModel([], 200.0, **AXIS)
+    with pytest.raises(ValueError, match="n_channels"):
+        EDXModel(["Fe"], 200.0, energy_offset=0.2, energy_scale=0.01, n_channels=True)
+    with pytest.raises(ValueError, match="energy_scale"):
+        EDXModel(["Fe"], 200.0, energy_offset=0.2, energy_scale=0.0, n_channels=100)
+    with pytest.raises(ValueError, match="n_background"):
+        model(n_background=-1)
+    with pytest.raises(ValueError, match="min_line_weight"):
+        model(min_line_weight=1.5)
+    with pytest.raises(ValueError, match="element_factors"):
+        model(element_factors={"Fe": 1.0, "O": 0.0, "Si": 1.0})
+    with pytest.raises(ValueError, match="element_factors"):
+        model(element_factors="unit")
+    with pytest.raises(ValueError, match="detector_efficiency"):
+        model(detector_efficiency=lambda e: -np.ones_like(e))
+
+
+def test_background_only_at_positive_energies():
+    m = EDXModel(
+        ["Si"], 30.0, energy_offset=-0.5, energy_scale=0.02, n_channels=500, n_background=3
+    )
+    G = m.build_G()
+    background = G.values[:, 1:]
+    assert G.labels[1:] == ("bremsstrahlung_0", "bremsstrahlung_1", "bremsstrahlung_2")
+    assert np.all(background[m.energy <= 0] == 0)
+    np.testing.assert_allclose(background.sum(axis=0), 1.0, rtol=1e-10)
+    # steeper shapes put more of their weight at low energy
+    centroid = (m.energy[:, None] * background).sum(axis=0)
+    assert centroid[0] > centroid[1] > centroid[2]
+    assert model(n_background=0).build_G().shape == (1980, 3)
+
+
+def test_labelled_G_array_protocol():
+    G = LabelledG(np.arange(6.0).reshape(3, 2), ("a", "b"), np.array([1, 0]))
+    assert G.simplex_rows.dtype == bool and G.n_channels == 3
+    assert np.asarray(G) is G.values
+    as32 = np.asarray(G, dtype=np.float32)
+    assert as32.dtype == np.float32 and as32.flags.writeable
+    assert np.array(G, copy=True).flags.writeable
+    with pytest.raises(ValueError):
+        np.array(G, dtype=np.float32, copy=False)
+    with pytest.raises(ValueError, match="simplex_rows"):
+        LabelledG(np.ones((3, 2)), ("a", "b"), [0.5, 1.0])
+    with pytest.raises(ValueError, match="values"):
+        LabelledG(np.ones(3), ("a",), [True])
+    with pytest.raises(ValueError, match="non-negative"):
+        LabelledG(np.array([[np.nan, 1.0]]), ("a", "b"), [True, False])
+
+
+def test_phantom_shapes_default_seed_and_background_columns():
+    a = make_edx_spectrum_image(shape_2d=(8, 10), n_channels=400)
+    b = make_edx_spectrum_image(shape_2d=(8, 10), n_channels=400)
+    np.testing.assert_array_equal(a.X, b.X)  # seed 0 by default
+    n_el, k = len(a.elements), a.fractions.shape[0]
+    assert 6 <= n_el <= 9 and k == 3
+    assert a.X.shape == (400, 80) and a.maps.shape == (k, 80) and a.spectra.shape == (400, k)
+    assert a.W.shape == (n_el + 2, k) and a.G.shape == (400, n_el + 2)
+    np.testing.assert_allclose(a.maps.sum(axis=0), 1.0)
+    np.testing.assert_allclose(a.spectra.sum(axis=0), 1.0)
+    assert np.all(a.W >= 0)
+    assert np.all((a.fractions > 0.10).sum(axis=1) >= 2)
+    for n_background in (1, 3):
+        data = make_edx_spectrum_image(
+            shape_2d=(4, 4), n_channels=400, model_kwargs={"n_background": n_background}
+        )
+        D = data.G.values @ data.W
+        share = (data.G.values[:, n_el:] @ data.W[n_el:]).sum(axis=0) / D.sum(axis=0)
+        np.testing.assert_allclose(share, 0.2, rtol=1e-10)
+    no_bg = make_edx_spectrum_image(
+        shape_2d=(4, 4), background_fraction=0.0, model_kwargs={"n_background": 0}
+    )
+    assert no_bg.W.shape[0] == n_el
+    with pytest.raises(ValueError, match="n_background"):
+        make_edx_spectrum_image(shape_2d=(4, 4), model_kwargs={"n_background": 0})
+    with pytest.raises(ValueError, match="beam_energy"):
+        make_edx_spectrum_image(shape_2d=(4, 4), model_kwargs={"beam_energy": 100.0})
+    with pytest.raises(ValueError, match="fractions"):
+        make_edx_spectrum_image(elements=("Fe", "O"), fractions=[[0.5, np.nan]])
+    with pytest.raises(ValueError, match="background_fraction"):
+        make_edx_spectrum_image(background_fraction="0.2")
+
+
+def test_phantom_signal_is_integer_and_rebuilds_G():
+    data = make_edx_spectrum_image(shape_2d=(4, 5), n_channels=500, counts_per_pixel=50)
+    s = data.to_signal()
+    assert np.issubdtype(s.data.dtype, np.integer)
+    np.testing.assert_array_equal(s.data.reshape(-1, 500).T, data.X)
+    assert "EDX" in s.metadata.General.title
+    if hasattr(s, "build_G"):
+        np.testing.assert_allclose(s.build_G().values, data.G.values, rtol=1e-8, atol=1e-14)

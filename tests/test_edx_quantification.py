@@ -9,7 +9,7 @@ from sklearn.exceptions import ConvergenceWarning
 hs = pytest.importorskip("hyperspy.api")
 
 from espm_lite import SmoothNMF  # noqa: E402
-from espm_lite.edx_phantom import make_edx_spectrum_image  # noqa: E402
+from espm_lite.datasets import make_edx_spectrum_image  # noqa: E402
 from espm_lite.measures import match_components  # noqa: E402
 from espm_lite.quantification import concentration_table  # noqa: E402
 

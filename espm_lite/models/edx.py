@@ -14,29 +14,45 @@ its limits are known):
   the element factor), shared among its lines in proportion to their
   weights. Lines outside the energy range, above the beam energy or weaker
   than ``min_line_weight`` are dropped (logged at DEBUG level) with their
-  share of the intensity.
-* **Peak shape.** A Gaussian per line, integrated over each channel, with the
+  share of the intensity. So are lines whose shell is not ionised by the
+  beam (critical energy ``E_c >= E_0``).
+* **Peak shape.** A Gaussian per line, integrated over each channel (erf
+  differences, so a peak narrower than a channel keeps its area), with the
   detector resolution ``FWHM(E)^2 = FWHM_MnKa^2 + 2.5 eV (E - 5898.7 eV)``
-  (Fiori & Newbury), FWHM_MnKa 130 eV by default. No escape or sum peaks,
-  no incomplete-charge tail.
+  (Fiori & Newbury; the formula of exspy's ``get_FWHM_at_Energy``,
+  implemented here, same values), floored at 30 % of FWHM_MnKa at very low
+  energy; FWHM_MnKa 130 eV by default. No escape or sum peaks, no
+  incomplete-charge tail, no natural line width.
 * **Element factor** ``f_e`` (expected detected characteristic counts per
   unit atomic fraction, relative): a thin-film model, the sum over the kept
   lines of ``omega_F(Z) Q_F(U) (w_l / sum_F w) eff(E_l)``, with the
   fluorescence yield
   ``omega = Z^4 / (a + Z^4)`` (Wentzel-type fit; ``a`` = 1.12e6, 1.0e8,
   1.0e9 for K, L, M), the ionisation cross-section ``Q ~ ln(U) / (U E_c^2)``
-  with ``U = E_0 / E_c`` (Bethe, non-relativistic) and ``E_c`` the binding
-  energy of the shell (exspy's ``Binding_energies``), and ``eff`` the
-  detector efficiency. No absorption or fluorescence in the sample (thin
-  film). Factors are relative: they are divided by their mean. Pass
-  ``element_factors={...}`` (e.g. from Cliff-Lorimer k-factors: ``f_e`` is
-  proportional to ``1 / k_e``) to override them; :attr:`EDXModel.factor_source`
-  says which are used.
+  with ``U = E_0 / E_c`` (Bethe, non-relativistic, no shell-occupancy or
+  relativistic factor) and ``E_c`` the binding energy of the shell (exspy's
+  ``Binding_energies``: K, L3 or L23, M5 or M45; where exspy has none,
+  ``1.01 x`` the highest line energy of the family), and ``eff`` the
+  detector efficiency at the line. No absorption or fluorescence in the
+  sample (thin film), no Coster-Kronig transitions. Splitting each family by
+  its own exspy weights (rather than using the weights as given across
+  families) is what makes the K and L lines of one element comparable.
+  Factors are relative: they are divided by their mean over the given
+  elements (so the mean factor is 1). Pass ``element_factors={...}`` (e.g.
+  from Cliff-Lorimer k-factors: ``f_e`` is proportional to ``1 / k_e``) to
+  override them; :attr:`EDXModel.factor_source` says which are used.
 * **Normalisation.** Element column ``e`` sums (over the channels) to
-  ``f_e``; each bremsstrahlung column sums to 1.
+  ``f_e``: ``sum_i G_ie = f_e``, "column e integrates to f_e". A phase with
+  atomic fractions ``x_e`` (``sum_e x_e = 1``, the element rows of its column
+  of ``W``) then has ``sum_e x_e f_e`` characteristic counts per unit of
+  ``H``, and the element rows of a fitted ``W`` on the simplex *are* atomic
+  fractions. Each bremsstrahlung column sums to 1, so its row of ``W`` is
+  the phase's bremsstrahlung counts per unit of ``H``.
 * **Bremsstrahlung.** ``n_background`` smooth non-negative shapes
   ``eff(E) (E_0 - E) / E^{1 + j}``, ``j = 0, 1, ...`` (Kramers' law and
-  steeper variants), so the fit can adjust the background's slope.
+  steeper variants), so the fit can adjust the background's slope; zero at
+  and below 0 keV and above ``E_0``. No coherent bremsstrahlung, no
+  absorption edges, no spurious (system) peaks.
 * **Detector efficiency** (``detector_efficiency=True``): a generic silicon
   drift detector, ``exp(-(0.25 keV / E)^2.5) (1 - exp(-(15 keV / E)^3))``:
   window absorption at low energy, transparency of the crystal at high
@@ -61,8 +77,10 @@ logger = logging.getLogger(__name__)
 MN_KA = 5.8987
 #: Fluorescence-yield constants ``a`` of ``Z^4 / (a + Z^4)`` per line family.
 FLUORESCENCE_A = {"K": 1.12e6, "L": 1.0e8, "M": 1.0e9}
-#: Shell whose binding energy is the critical energy of each family.
-FAMILY_SHELL = {"K": "K", "L": "L3", "M": "M5"}
+#: Shells (first found in exspy's ``Binding_energies``) giving each family's critical energy.
+FAMILY_SHELL = {"K": ("K",), "L": ("L3", "L23"), "M": ("M5", "M45")}
+#: Critical energy / highest line energy of the family, where exspy has no binding energy.
+_FALLBACK_EDGE_RATIO = 1.01
 
 
 def _database():
@@ -78,36 +96,138 @@ def _element_entry(element: str):
     return db[element]
 
 
+def _xray_lines(element: str) -> dict[str, tuple[float, float]]:
+    """``{line: (energy keV, weight)}`` of ``element`` in exspy's database (may be empty)."""
+    atomic = _element_entry(element).Atomic_properties
+    if not atomic.has_item("Xray_lines"):
+        return {}
+    lines = atomic.Xray_lines
+    return {
+        name: (float(lines[name]["energy (keV)"]), float(lines[name]["weight"]))
+        for name in lines.keys()
+    }
+
+
 def atomic_weights(elements: Sequence[str]) -> np.ndarray:
-    """Atomic weights (g/mol) of ``elements`` from exspy's database."""
-    return np.array([float(_element_entry(e).General_properties.atomic_weight) for e in elements])
+    """Atomic weights (g/mol) of ``elements`` from exspy's database.
+
+    Parameters
+    ----------
+    elements : sequence of str
+
+    Returns
+    -------
+    ndarray (len(elements),) float64
+    """
+    if isinstance(elements, str):
+        elements = [elements]
+    return np.array(
+        [float(_element_entry(e).General_properties.atomic_weight) for e in elements],
+        dtype=np.float64,
+    )
+
+
+def _fractions(fractions, elements: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    fractions = np.atleast_2d(np.asarray(fractions, dtype=np.float64))
+    weights = atomic_weights(elements)
+    if fractions.ndim != 2 or fractions.shape[1] != weights.size:
+        raise ValueError(
+            f"fractions must have one column per element ({weights.size}), "
+            f"got shape {fractions.shape}."
+        )
+    if not np.all(np.isfinite(fractions)) or np.any(fractions < 0):
+        raise ValueError("fractions must be finite and non-negative.")
+    if np.any(fractions.sum(axis=1) <= 0):
+        raise ValueError("every row of fractions must have a positive sum.")
+    return fractions, weights
 
 
 def atomic_to_weight_fractions(fractions, elements: Sequence[str]) -> np.ndarray:
-    """Weight fractions from atomic fractions (rows: phases, columns: ``elements``)."""
-    fractions = np.atleast_2d(np.asarray(fractions, dtype=np.float64))
-    mass = fractions * atomic_weights(elements)
+    r"""Weight fractions from atomic fractions.
+
+    .. math:: w_{re} = \frac{x_{re} A_e}{\sum_{e'} x_{re'} A_{e'}}
+
+    with ``A_e`` the atomic weight of element ``e``.
+
+    Parameters
+    ----------
+    fractions : array-like (k, n_elements) or (n_elements,)
+        Atomic fractions, one row per phase (rows need not sum to 1).
+    elements : sequence of str
+        The element of each column.
+
+    Returns
+    -------
+    ndarray (k, n_elements)
+        Weight fractions, each row sums to 1.
+    """
+    fractions, weights = _fractions(fractions, elements)
+    mass = fractions * weights
     return mass / mass.sum(axis=1, keepdims=True)
 
 
 def weight_to_atomic_fractions(fractions, elements: Sequence[str]) -> np.ndarray:
-    """Atomic fractions from weight fractions (rows: phases, columns: ``elements``)."""
-    fractions = np.atleast_2d(np.asarray(fractions, dtype=np.float64))
-    moles = fractions / atomic_weights(elements)
+    r"""Atomic fractions from weight fractions, the inverse of :func:`atomic_to_weight_fractions`.
+
+    .. math:: x_{re} = \frac{w_{re} / A_e}{\sum_{e'} w_{re'} / A_{e'}}
+
+    Parameters
+    ----------
+    fractions : array-like (k, n_elements) or (n_elements,)
+        Weight fractions, one row per phase.
+    elements : sequence of str
+
+    Returns
+    -------
+    ndarray (k, n_elements)
+        Atomic fractions, each row sums to 1.
+    """
+    fractions, weights = _fractions(fractions, elements)
+    moles = fractions / weights
     return moles / moles.sum(axis=1, keepdims=True)
 
 
 def default_detector_efficiency(energy) -> np.ndarray:
-    """Generic SDD efficiency: window absorption and crystal transparency (see module)."""
+    r"""Generic SDD efficiency: window absorption and crystal transparency.
+
+    .. math:: \epsilon(E) = e^{-(0.25 / E)^{2.5}} \left(1 - e^{-(15 / E)^3}\right),
+              \quad E \text{ in keV}
+
+    Parameters
+    ----------
+    energy : array-like
+        keV.
+
+    Returns
+    -------
+    ndarray
+        In ``[0, 1]``; 0 at and below 0 keV.
+    """
     energy = np.maximum(np.asarray(energy, dtype=np.float64), 1e-6)
     return np.exp(-((0.25 / energy) ** 2.5)) * (1.0 - np.exp(-((15.0 / energy) ** 3)))
 
 
 def fwhm_at(energy, fwhm_mn_ka: float = 0.130) -> np.ndarray:
-    """Detector resolution FWHM (keV) at ``energy`` (keV), Fiori & Newbury.
+    r"""Detector resolution FWHM (keV) at ``energy`` (keV), Fiori & Newbury.
 
-    ``FWHM^2 = FWHM_MnKa^2 + 2.5 eV (E - E_MnKa)``, floored at 30 % of
-    ``FWHM_MnKa`` (the formula would go to zero at very low energy).
+    .. math:: \mathrm{FWHM}(E)^2 = \mathrm{FWHM}_{MnK\alpha}^2
+              + 2.5\times10^{-3}\,\mathrm{keV}\,(E - 5.8987\,\mathrm{keV})
+
+    (2.5 eV times the energy difference in eV, in keV^2), the formula of
+    exspy's ``get_FWHM_at_Energy``, floored at 30 % of ``FWHM_MnKa`` (the
+    formula would go to zero at very low energy).
+
+    Parameters
+    ----------
+    energy : array-like
+        keV.
+    fwhm_mn_ka : float, default=0.130
+        keV.
+
+    Returns
+    -------
+    ndarray
+        keV.
     """
     energy = np.asarray(energy, dtype=np.float64)
     squared = fwhm_mn_ka**2 + 2.5e-3 * (energy - MN_KA)
@@ -136,6 +256,21 @@ class EDXModel:
     min_line_weight : float, default=0.01
         Lines with a smaller exspy weight are dropped.
     detector_efficiency : bool or callable, default=True
+        ``True``: the generic curve :func:`default_detector_efficiency`;
+        ``False``: 1 everywhere; a callable ``f(energy_keV_array) -> array``
+        (finite, non-negative). Applied to the lines (at the line energy) and
+        to the bremsstrahlung.
+
+    Raises
+    ------
+    ValueError
+        Unknown element (all are listed), an element without any X-ray line
+        in the energy range below the beam energy, duplicate elements, a
+        non-positive or non-finite number, an incomplete or non-positive
+        ``element_factors``.
+    TypeError
+        ``elements`` not a list of str, ``detector_efficiency`` neither a
+        bool nor a callable, ``element_factors`` of another type.
 
     Attributes
     ----------
@@ -171,25 +306,41 @@ class EDXModel:
         min_line_weight: float = 0.01,
         detector_efficiency: bool | Callable = True,
     ) -> None:
-        if isinstance(elements, str) or not isinstance(elements, Sequence) or not elements:
-            raise TypeError(f"elements must be a non-empty list of symbols, got {elements!r}.")
+        if isinstance(elements, str) or not isinstance(elements, Sequence | np.ndarray):
+            raise TypeError(f"elements must be a list of element symbols, got {elements!r}.")
+        elements = list(elements)
+        if not elements:
+            raise ValueError("elements must name at least one element, got an empty list.")
+        not_str = [e for e in elements if not isinstance(e, str)]
+        if not_str:
+            raise TypeError(f"elements must be symbols (str), got {not_str}.")
         if len(set(elements)) != len(elements):
             raise ValueError(f"elements must be unique, got {list(elements)}.")
-        unknown = [e for e in elements if not isinstance(e, str) or e not in _database()]
+        unknown = [e for e in elements if e not in _database()]
         if unknown:
             raise ValueError(f"Unknown elements {unknown}: not in exspy's elements database.")
         self.elements = tuple(elements)
         self.beam_energy = _positive("beam_energy", beam_energy)
         self.energy_offset = _real("energy_offset", energy_offset)
         self.energy_scale = _positive("energy_scale", energy_scale)
-        if not isinstance(n_channels, numbers.Integral) or n_channels < 1:
+        if (
+            isinstance(n_channels, bool)
+            or not isinstance(n_channels, numbers.Integral)
+            or n_channels < 1
+        ):
             raise ValueError(f"n_channels must be a positive integer, got {n_channels!r}.")
         self.n_channels = int(n_channels)
         self.fwhm_mn_ka = _positive("fwhm_mn_ka", fwhm_mn_ka)
-        if not isinstance(n_background, numbers.Integral) or n_background < 0:
+        if (
+            isinstance(n_background, bool)
+            or not isinstance(n_background, numbers.Integral)
+            or n_background < 0
+        ):
             raise ValueError(f"n_background must be an integer >= 0, got {n_background!r}.")
         self.n_background = int(n_background)
         self.min_line_weight = _real("min_line_weight", min_line_weight)
+        if not 0 <= self.min_line_weight < 1:
+            raise ValueError(f"min_line_weight must be in [0, 1), got {min_line_weight!r}.")
         if not (isinstance(detector_efficiency, bool) or callable(detector_efficiency)):
             raise TypeError(
                 f"detector_efficiency must be a bool or a callable, got {detector_efficiency!r}."
@@ -205,16 +356,41 @@ class EDXModel:
         return self.energy_offset + self.energy_scale * np.arange(self.n_channels)
 
     def efficiency(self, energy) -> np.ndarray:
-        """Detector efficiency at ``energy`` (keV)."""
+        """Detector efficiency at ``energy`` (keV): the curve chosen by ``detector_efficiency``.
+
+        Raises
+        ------
+        ValueError
+            If a user callable returns negative or non-finite values.
+        """
         energy = np.asarray(energy, dtype=np.float64)
         if self.detector_efficiency is True:
             return default_detector_efficiency(energy)
         if self.detector_efficiency is False:
             return np.ones_like(energy)
-        return np.asarray(self.detector_efficiency(energy), dtype=np.float64) * np.ones_like(energy)
+        values = np.asarray(self.detector_efficiency(energy), dtype=np.float64)
+        try:
+            values = np.broadcast_to(values, energy.shape).copy()
+        except ValueError:
+            raise ValueError(
+                "detector_efficiency must return one value per energy, got shape "
+                f"{values.shape} for energies of shape {energy.shape}."
+            ) from None
+        if not np.all(np.isfinite(values)) or np.any(values < 0):
+            raise ValueError("detector_efficiency must return finite, non-negative values.")
+        return values
 
     def build_G(self) -> LabelledG:
-        """``G`` ``(n_channels, n_elements + n_background)``, elements first."""
+        """The known matrix of ``X ~ G W H``.
+
+        Returns
+        -------
+        LabelledG
+            ``(n_channels, n_elements + n_background)``: element columns
+            (labels: the symbols, ``simplex_rows`` True, column ``e`` sums to
+            ``element_factors_[e]``) then bremsstrahlung columns (labels
+            ``"bremsstrahlung_j"``, ``simplex_rows`` False, each sums to 1).
+        """
         columns = [self.element_column(e) for e in self.elements]
         columns += [self.background_column(j) for j in range(self.n_background)]
         labels = list(self.elements) + [f"bremsstrahlung_{j}" for j in range(self.n_background)]
@@ -222,7 +398,15 @@ class EDXModel:
         return LabelledG(np.column_stack(columns), tuple(labels), rows)
 
     def element_column(self, element: str) -> np.ndarray:
-        """Column of ``element``: its lines at their relative intensities, summing to its factor."""
+        r"""Column of ``element``: its lines at their relative intensities, summing to its factor.
+
+        .. math:: G_{ie} = f_e \frac{\sum_l I_l \int_{\text{bin } i} \mathcal{N}(E; E_l,
+                  \sigma_l^2)\,dE}{\sum_{i'} \sum_l I_l \int_{\text{bin } i'}
+                  \mathcal{N}(E; E_l, \sigma_l^2)\,dE},
+                  \qquad \sigma_l = \mathrm{FWHM}(E_l) / (2\sqrt{2\ln 2})
+
+        with ``I_l`` the thin-film intensity of line ``l`` (see the module).
+        """
         edges = self.energy_offset + self.energy_scale * (np.arange(self.n_channels + 1) - 0.5)
         column = np.zeros(self.n_channels)
         for (_, energy, _), intensity in zip(
@@ -231,7 +415,13 @@ class EDXModel:
             sigma = fwhm_at(energy, self.fwhm_mn_ka) / (2 * np.sqrt(2 * np.log(2)))
             cdf = 0.5 * erf((edges - energy) / (np.sqrt(2) * sigma))
             column += intensity * np.diff(cdf)
-        return column * (self.element_factors_[element] / column.sum())
+        total = column.sum()
+        if not total > 0:
+            raise ValueError(
+                f"{element} has no detected intensity in the energy range (its lines are not "
+                "excited or the detector efficiency is zero there): remove it from the elements."
+            )
+        return column * (self.element_factors_[element] / total)
 
     def _line_intensities(self, element: str) -> np.ndarray:
         """Detected intensity of each kept line per unit atomic fraction (thin film).
@@ -240,42 +430,47 @@ class EDXModel:
         family's yield split by exspy's weights (over all the family's lines,
         so lines out of range take their share with them).
         """
-        all_lines = _element_entry(element).Atomic_properties.Xray_lines
         family_weight: dict[str, float] = {}
-        for name in all_lines.keys():
-            family_weight[name[0]] = family_weight.get(name[0], 0.0) + float(
-                all_lines[name]["weight"]
-            )
+        for name, (_, weight) in _xray_lines(element).items():
+            family_weight[name[0]] = family_weight.get(name[0], 0.0) + weight
         return np.array(
             [
-                self._family_yield(element, name[0], energy)
+                self._family_yield(element, name[0])
                 * weight
                 / family_weight[name[0]]
                 * float(self.efficiency(energy))
                 for name, energy, weight in self.lines_[element]
-            ]
+            ],
+            dtype=np.float64,
         )
 
     def background_column(self, j: int) -> np.ndarray:
-        """Bremsstrahlung shape ``eff(E) (E_0 - E) / E^{1+j}``, summing to 1."""
-        energy = np.maximum(self.energy, 0.5 * self.energy_scale)
-        shape = (
-            self.efficiency(energy) * np.maximum(self.beam_energy - energy, 0) / energy ** (1 + j)
+        r"""Bremsstrahlung column ``j``, summing to 1.
+
+        .. math:: b_j(E) \propto \epsilon(E)\,\frac{\max(E_0 - E, 0)}{E^{1+j}},
+                  \quad E > 0 \qquad (0 \text{ for } E \le 0)
+        """
+        energy = self.energy
+        positive = energy > 0
+        shape = np.zeros(self.n_channels)
+        e = energy[positive]
+        shape[positive] = (
+            self.efficiency(e) * np.maximum(self.beam_energy - e, 0.0) / e ** (1 + int(j))
         )
         total = shape.sum()
-        if total <= 0:
-            raise ValueError("The energy range has no bremsstrahlung (all above beam_energy).")
+        if not (np.isfinite(total) and total > 0):
+            raise ValueError(
+                "The energy range has no bremsstrahlung (no channel between 0 keV and "
+                "beam_energy with a non-zero detector efficiency): use n_background=0."
+            )
         return shape / total
 
     # ------------------------------------------------------------- internals
     def _lines_in_range(self, element: str) -> list[tuple[str, float, float]]:
-        lines = _element_entry(element).Atomic_properties.Xray_lines
         low = self.energy_offset - 0.5 * self.energy_scale
         high = self.energy_offset + (self.n_channels - 0.5) * self.energy_scale
         kept = []
-        for name in lines.keys():
-            energy = float(lines[name]["energy (keV)"])
-            weight = float(lines[name]["weight"])
+        for name, (energy, weight) in _xray_lines(element).items():
             if weight < self.min_line_weight:
                 logger.debug("%s %s (%.4g keV): weight %.3g dropped", element, name, energy, weight)
             elif not low <= energy <= high:
@@ -290,6 +485,15 @@ class EDXModel:
             elif energy >= self.beam_energy:
                 logger.debug(
                     "%s %s at %.4g keV is above the beam energy: dropped", element, name, energy
+                )
+            elif self._critical_energy(element, name[0]) >= self.beam_energy:
+                logger.debug(
+                    "%s %s at %.4g keV: its shell (critical energy %.4g keV) is not ionised by "
+                    "the beam: dropped",
+                    element,
+                    name,
+                    energy,
+                    self._critical_energy(element, name[0]),
                 )
             else:
                 kept.append((name, energy, weight))
@@ -328,16 +532,23 @@ class EDXModel:
         """Detected characteristic counts per unit atomic fraction (relative, thin film)."""
         return float(self._line_intensities(element).sum())
 
-    def _family_yield(self, element: str, family: str, line_energy: float) -> float:
+    @staticmethod
+    def _critical_energy(element: str, family: str) -> float:
+        """Critical ionisation energy (keV) of ``family`` of ``element`` (see the module)."""
+        atomic = _element_entry(element).Atomic_properties
+        if atomic.has_item("Binding_energies"):
+            binding = atomic.Binding_energies
+            for shell in FAMILY_SHELL.get(family, ()):
+                if binding.has_item(shell):
+                    return float(binding[shell]["onset_energy (eV)"]) / 1000.0
+        family_energies = [e for name, (e, _) in _xray_lines(element).items() if name[0] == family]
+        return _FALLBACK_EDGE_RATIO * max(family_energies)
+
+    def _family_yield(self, element: str, family: str) -> float:
         """``omega(Z) Q(U)`` of a line family: X-rays emitted per atom, relative."""
-        entry = _element_entry(element)
-        z = float(entry.General_properties.Z)
+        z = float(_element_entry(element).General_properties.Z)
         omega = z**4 / (FLUORESCENCE_A.get(family, FLUORESCENCE_A["M"]) + z**4)
-        critical = 1.1 * line_energy  # fallback when exspy has no binding energy
-        binding = entry.Atomic_properties.get_item("Binding_energies", {})
-        shell = FAMILY_SHELL.get(family)
-        if shell is not None and binding and shell in binding:
-            critical = float(binding[shell]["onset_energy (eV)"]) / 1000.0
+        critical = self._critical_energy(element, family)
         overvoltage = self.beam_energy / critical
         if overvoltage <= 1:
             return 0.0
@@ -345,12 +556,17 @@ class EDXModel:
 
 
 def _positive(name: str, value) -> float:
-    if not isinstance(value, numbers.Real) or not np.isfinite(value) or value <= 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not np.isfinite(value)
+        or value <= 0
+    ):
         raise ValueError(f"{name} must be a positive number, got {value!r}.")
     return float(value)
 
 
 def _real(name: str, value) -> float:
-    if not isinstance(value, numbers.Real) or not np.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}.")
     return float(value)
