@@ -106,7 +106,10 @@ class EDSespmSpectrum(EspmDecompositionMixin, EDSTEMSpectrum):
             keV.
         **model_kwargs
             Other :class:`~espm_lite.models.EDXModel` parameters
-            (``fwhm_mn_ka``, ``n_background``, ``element_factors``...).
+            (``fwhm_mn_ka``, ``n_background``, ``element_factors``,
+            ``mass_thickness``...). With ``mass_thickness`` (self-absorption)
+            the take-off angle comes from the metadata (``get_take_off_angle``)
+            unless given.
 
         Raises
         ------
@@ -143,6 +146,9 @@ class EDSespmSpectrum(EspmDecompositionMixin, EDSTEMSpectrum):
             problems.append("the energy axis is not uniform (offset + i * scale is needed)")
         if problems:
             raise ValueError("Cannot build the EDX model of this signal: " + "; ".join(problems))
+        if model_kwargs.get("mass_thickness") is not None and "take_off_angle" not in model_kwargs:
+            # self-absorption: the take-off angle of the detector in the metadata (exspy)
+            model_kwargs["take_off_angle"] = float(self.get_take_off_angle())
         return EDXModel(
             elements,
             beam_energy,

@@ -33,10 +33,12 @@ its limits are known):
   relativistic factor) and ``E_c`` the binding energy of the shell (exspy's
   ``Binding_energies``: K, L3 or L23, M5 or M45; where exspy has none,
   ``1.01 x`` the highest line energy of the family), and ``eff`` the
-  detector efficiency at the line. No absorption or fluorescence in the
-  sample (thin film), no Coster-Kronig transitions. Splitting each family by
-  its own exspy weights (rather than using the weights as given across
-  families) is what makes the K and L lines of one element comparable.
+  detector efficiency at the line. By default no absorption or
+  fluorescence in the sample (thin film; ``mass_thickness`` adds a uniform
+  self-absorption factor, see :class:`EDXModel`), no Coster-Kronig
+  transitions. Splitting each family by its own exspy weights (rather than
+  using the weights as given across families) is what makes the K and L
+  lines of one element comparable.
   Factors are relative: they are divided by their mean over the given
   elements (so the mean factor is 1). Pass ``element_factors={...}`` (e.g.
   from Cliff-Lorimer k-factors: ``f_e`` is proportional to ``1 / k_e``) to
@@ -260,6 +262,23 @@ class EDXModel:
         ``False``: 1 everywhere; a callable ``f(energy_keV_array) -> array``
         (finite, non-negative). Applied to the lines (at the line energy) and
         to the bremsstrahlung.
+    mass_thickness : float or None, default=None
+        Self-absorption in the sample, g/cm^2 (density times thickness, e.g.
+        3e-5 for 100 nm at 3 g/cm^3). ``None``: a thin film, no absorption.
+        X-rays generated uniformly through the film leave it with the
+        probability ``A(E) = (1 - e^{-chi}) / chi``,
+        ``chi = (mu/rho)(E) rho t / sin(take_off_angle)``, with the mass
+        absorption coefficient ``mu/rho`` of ``absorber`` (exspy's
+        ``mass_absorption_mixture``, Chantler's tables). ``A`` multiplies the
+        lines (at their energy) and the bremsstrahlung. One composition for
+        the whole sample: phases of other compositions are absorbed as if
+        they were the ``absorber``.
+    take_off_angle : float or None
+        Degrees; required with ``mass_thickness`` (``s.build_G`` reads it
+        from the signal).
+    absorber : mapping or None
+        ``{element: weight fraction}`` of the absorbing sample; default:
+        equal weight fractions of ``elements``.
 
     Raises
     ------
@@ -305,6 +324,9 @@ class EDXModel:
         element_factors: None | str | Mapping[str, float] = None,
         min_line_weight: float = 0.01,
         detector_efficiency: bool | Callable = True,
+        mass_thickness: float | None = None,
+        take_off_angle: float | None = None,
+        absorber: Mapping[str, float] | None = None,
     ) -> None:
         if isinstance(elements, str) or not isinstance(elements, Sequence | np.ndarray):
             raise TypeError(f"elements must be a list of element symbols, got {elements!r}.")
@@ -346,6 +368,7 @@ class EDXModel:
                 f"detector_efficiency must be a bool or a callable, got {detector_efficiency!r}."
             )
         self.detector_efficiency = detector_efficiency
+        self._set_absorption(mass_thickness, take_off_angle, absorber)
         self.lines_ = {e: self._lines_in_range(e) for e in self.elements}
         self.element_factors_, self.factor_source = self._factors(element_factors)
 
@@ -354,6 +377,26 @@ class EDXModel:
     def energy(self) -> np.ndarray:
         """Channel energies (keV): ``energy_offset + i * energy_scale``."""
         return self.energy_offset + self.energy_scale * np.arange(self.n_channels)
+
+    def transmission(self, energy) -> np.ndarray:
+        """Fraction of the X-rays at ``energy`` (keV) leaving the sample (1: thin film)."""
+        energy = np.asarray(energy, dtype=np.float64)
+        if self.mass_thickness is None:
+            return np.ones_like(energy)
+        from exspy.material import mass_absorption_mixture
+
+        elements = list(self.absorber_)
+        percent = [100.0 * self.absorber_[e] for e in elements]
+        flat = np.atleast_1d(energy).ravel()
+        mu = np.asarray(mass_absorption_mixture(percent, elements, list(flat)), dtype=np.float64)
+        chi = mu * self.mass_thickness / np.sin(np.radians(self.take_off_angle))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = np.where(chi > 1e-12, -np.expm1(-chi) / chi, 1.0)
+        return out.reshape(energy.shape)
+
+    def detection(self, energy) -> np.ndarray:
+        """Detector efficiency times sample transmission at ``energy`` (keV)."""
+        return self.efficiency(energy) * self.transmission(energy)
 
     def efficiency(self, energy) -> np.ndarray:
         """Detector efficiency at ``energy`` (keV): the curve chosen by ``detector_efficiency``.
@@ -438,7 +481,7 @@ class EDXModel:
                 self._family_yield(element, name[0])
                 * weight
                 / family_weight[name[0]]
-                * float(self.efficiency(energy))
+                * float(self.detection(energy))
                 for name, energy, weight in self.lines_[element]
             ],
             dtype=np.float64,
@@ -455,7 +498,7 @@ class EDXModel:
         shape = np.zeros(self.n_channels)
         e = energy[positive]
         shape[positive] = (
-            self.efficiency(e) * np.maximum(self.beam_energy - e, 0.0) / e ** (1 + int(j))
+            self.detection(e) * np.maximum(self.beam_energy - e, 0.0) / e ** (1 + int(j))
         )
         total = shape.sum()
         if not (np.isfinite(total) and total > 0):
@@ -466,6 +509,35 @@ class EDXModel:
         return shape / total
 
     # ------------------------------------------------------------- internals
+    def _set_absorption(self, mass_thickness, take_off_angle, absorber) -> None:
+        self.mass_thickness = None
+        self.take_off_angle = None
+        self.absorber_ = None
+        if mass_thickness is None:
+            if absorber is not None:
+                raise ValueError("absorber needs mass_thickness (g/cm^2).")
+            return
+        self.mass_thickness = _positive("mass_thickness", mass_thickness)
+        if take_off_angle is None:
+            raise ValueError("mass_thickness needs take_off_angle (degrees).")
+        self.take_off_angle = _positive("take_off_angle", take_off_angle)
+        if not self.take_off_angle < 90:
+            raise ValueError(f"take_off_angle must be in (0, 90) degrees, got {take_off_angle!r}.")
+        if absorber is None:
+            absorber = {e: 1.0 for e in self.elements}
+        if not isinstance(absorber, Mapping) or not absorber:
+            raise TypeError(f"absorber must be a mapping element -> weight, got {absorber!r}.")
+        unknown = [e for e in absorber if not isinstance(e, str) or e not in _database()]
+        if unknown:
+            raise ValueError(f"absorber has unknown elements {unknown}.")
+        weights = {e: float(w) for e, w in absorber.items()}
+        if any(not (np.isfinite(w) and w >= 0) for w in weights.values()) or not sum(
+            weights.values()
+        ):
+            raise ValueError("absorber weights must be non-negative with a positive sum.")
+        total = sum(weights.values())
+        self.absorber_ = {e: w / total for e, w in weights.items()}
+
     def _lines_in_range(self, element: str) -> list[tuple[str, float, float]]:
         low = self.energy_offset - 0.5 * self.energy_scale
         high = self.energy_offset + (self.n_channels - 0.5) * self.energy_scale
