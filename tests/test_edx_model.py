@@ -300,3 +300,12 @@ def test_phantom_signal_is_integer_and_rebuilds_G():
     assert "EDX" in s.metadata.General.title
     if hasattr(s, "build_G"):
         np.testing.assert_allclose(s.build_G().values, data.G.values, rtol=1e-8, atol=1e-14)
+
+
+def test_a_callable_returning_a_labelled_G_keeps_its_simplex_rows():
+    data = make_edx_spectrum_image(shape_2d=(10, 10), n_channels=600, counts_per_pixel=300, seed=1)
+    est = SmoothNMF(n_components=3, G=lambda X: data.G, max_iter=30, random_state=0, verbose=0)
+    est.fit(data.X)
+    rows = data.G.simplex_rows
+    np.testing.assert_allclose(est.W_[rows].sum(axis=0), 1.0, rtol=1e-4)
+    assert not np.allclose(est.W_[~rows].sum(axis=0), 1.0)

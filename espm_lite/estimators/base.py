@@ -561,7 +561,7 @@ class NMFEstimator(
 
     def _simplex_rows(self, m: int) -> np.ndarray | None:
         """Rows of ``W`` under ``simplex_W`` when ``G`` labels them (None: all rows)."""
-        rows = getattr(self.G, "simplex_rows", None)
+        rows = getattr(self, "_G_simplex_rows", None)
         if rows is None:
             return None
         rows = np.asarray(rows, dtype=bool)
@@ -611,10 +611,14 @@ class NMFEstimator(
         return (int(self.shape_2d[0]), int(self.shape_2d[1]))
 
     def _resolve_G(self, X, n_channels: int, dtype) -> np.ndarray | None:
+        """``G`` as an array (None: identity); remembers the simplex rows of a labelled G."""
+        self._G_simplex_rows = None
         if self.G is None:
             return None
         G = self.G(X) if callable(self.G) else self.G
-        G = getattr(G, "values", G)  # a labelled G (espm_lite.models.LabelledG)
+        if hasattr(G, "simplex_rows"):  # a labelled G (espm_lite.models.LabelledG)
+            self._G_simplex_rows = G.simplex_rows
+            G = G.values
         try:
             G = np.array(G, dtype=dtype)  # a copy: the caller's G is never touched
         except (TypeError, ValueError) as exc:
