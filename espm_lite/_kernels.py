@@ -39,16 +39,22 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
-from array_api_compat import array_namespace, is_numpy_namespace
+from array_api_compat import array_namespace, device, is_numpy_namespace
 from threadpoolctl import ThreadpoolController
 
-#: Size in bytes of one block of data rows processed at once by :func:`data_pass`.
+#: Size in bytes of one block of data rows processed at once by :func:`data_pass`
+#: (NumPy: blocks that stay in cache, spread over threads).
 BLOCK_BYTES = 1 << 20
+#: The same for other array libraries (GPUs): large blocks, so that each kernel
+#: launch has enough work, within a bounded memory for the block temporaries.
+DEVICE_BLOCK_BYTES = 1 << 28
 
 
-def row_blocks(n_rows: int, n_cols: int, itemsize: int) -> list[slice]:
-    """Split ``range(n_rows)`` into contiguous blocks of about ``BLOCK_BYTES``."""
-    size = max(1, BLOCK_BYTES // max(1, n_cols * itemsize))
+def row_blocks(
+    n_rows: int, n_cols: int, itemsize: int, block_bytes: int = BLOCK_BYTES
+) -> list[slice]:
+    """Split ``range(n_rows)`` into contiguous blocks of about ``block_bytes``."""
+    size = max(1, block_bytes // max(1, n_cols * itemsize))
     return [slice(start, min(start + size, n_rows)) for start in range(0, n_rows, size)]
 
 
@@ -454,7 +460,11 @@ def data_pass(
         negative = Xb @ D
         positive = Ab @ gram_d
         part = -ops.dot_all(Ab, negative) if need_loss else 0.0
-        curvature = None if l2_curvature is None else xp.full((nb,), l2_curvature, dtype=dtype)
+        curvature = (
+            None
+            if l2_curvature is None
+            else xp.full((nb,), l2_curvature, dtype=dtype, device=device(A))
+        )
         return negative, positive, curvature, part
 
     def run_dense(my_blocks: list[slice]) -> tuple[float, np.ndarray | None]:
@@ -465,7 +475,7 @@ def data_pass(
         def buffer(buf, nb):
             return None if buf is None else buf[:nb]
 
-        w_neg = xp.zeros((n, k), dtype=dtype) if need_w_terms else None
+        w_neg = xp.zeros((n, k), dtype=dtype, device=device(A)) if need_w_terms else None
         part = 0.0
         for rows in my_blocks:
             nb = rows.stop - rows.start
@@ -538,7 +548,8 @@ def data_pass(
     if sparse:
         blocks, run = X.blocks, run_sparse
     else:
-        blocks, run = row_blocks(p, n, xp.finfo(dtype).bits // 8), run_dense
+        block_bytes = BLOCK_BYTES if ops.numpy else DEVICE_BLOCK_BYTES
+        blocks, run = row_blocks(p, n, xp.finfo(dtype).bits // 8, block_bytes), run_dense
     # Threads for NumPy, which releases the GIL; other libraries parallelise themselves.
     threads = min(num_threads(), len(blocks)) if ops.numpy else 1
     if threads <= 1 and not sparse:
@@ -656,7 +667,12 @@ def _floored(xp, x, floor: float):
 
 def _where_free(xp, free, x, fill: float):
     """``x`` on the free entries, ``fill`` elsewhere (``x`` when all are free)."""
-    return x if free is None else xp.where(free, x, xp.asarray(fill, dtype=x.dtype))
+    return x if free is None else xp.where(free, x, _scalar(xp, fill, x))
+
+
+def _scalar(xp, value: float, like):
+    """A 0-d array of ``value`` with the dtype and device of ``like``."""
+    return xp.asarray(value, dtype=like.dtype, device=device(like))
 
 
 def bisect_multiplier(
@@ -698,7 +714,7 @@ def bisect_multiplier(
         above = err > 0
         lo = xp.where(above, nu, lo)
         hi = xp.where(above, hi, nu)
-    return xp.where(bad, xp.asarray(float("nan"), dtype=xp.float64), nu)
+    return xp.where(bad, _scalar(xp, float("nan"), nu), nu)
 
 
 def mu_update(
@@ -779,7 +795,7 @@ def quadratic_root_update(
                 root = xp.where(bb >= 0, 2.0 * c / (bb + disc), (disc - bb) / (2.0 * a))
             else:
                 root = c / bb
-        root = xp.where(xp.isfinite(root), root, xp.asarray(floor, dtype=root.dtype))
+        root = xp.where(xp.isfinite(root), root, _scalar(xp, floor, root))
         return _floored(xp, root, floor)
 
     if not simplex:
