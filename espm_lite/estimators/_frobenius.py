@@ -15,7 +15,6 @@ import numbers
 import numpy as np
 import scipy.sparse as sp
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted
 
 from .. import _least_squares as lsq
 from .._initialization import kmeans_factors
@@ -102,12 +101,6 @@ class FrobeniusNMF(NMFEstimator):
         total = float(np.abs(values).sum(dtype=np.float64))
         return total / Xi.shape[0] if total > 0 else 1.0
 
-    def _rng(self) -> np.random.Generator:
-        rs = self.random_state
-        if isinstance(rs, np.random.RandomState):
-            return np.random.default_rng(rs.randint(np.iinfo(np.int32).max))
-        return np.random.default_rng(np.random.RandomState(rs).randint(np.iinfo(np.int32).max))
-
     def _start(self, Xi, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Start ``(A (p, k) >= 0, D (n, k))``: k-means indicators + 0.2 and centroids."""
         rng = self._rng()
@@ -153,10 +146,7 @@ class FrobeniusNMF(NMFEstimator):
         -------
         ndarray (n_samples, n_components_)
         """
-        check_is_fitted(self)
-        X = self._validate_input(X, reset=False, where="transform (input X)")
-        if sp.issparse(X):
-            X = X.tocsr()
+        X = self._transform_input(X)
         scale = self._scale
         X = X * (1.0 / scale) if scale != 1.0 else X
         basis = self.components_.T.astype(np.float64)

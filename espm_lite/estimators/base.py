@@ -238,6 +238,9 @@ class NMFEstimator(
         "dtype": "no_validation",
     }
 
+    #: Class of the working state of a fit (estimators with more variables subclass it).
+    _state_type: type[FitState] = FitState
+
     #: Objective terms recorded in the history, besides the data term.
     _penalty_names: tuple[str, ...] = ()
 
@@ -391,7 +394,7 @@ class NMFEstimator(
         if isinstance(data, kernels.SparseData):
             Xi = data.csr
         x_constants = kernels.data_constants(Xi, "l2" if self.l2 else "kl")
-        return FitState(
+        return self._state_type(
             X=Xi,
             W=None,
             A=None,
@@ -445,10 +448,7 @@ class NMFEstimator(
         -------
         ndarray (n_samples, n_components_)
         """
-        check_is_fitted(self)
-        X = self._validate_input(X, reset=False, where="transform (input X)")
-        if sp.issparse(X):
-            X = X.tocsr()
+        X = self._transform_input(X)
         dtype = X.dtype
         scale = self._scale
         basis = self.components_.T.astype(dtype, copy=False)
@@ -540,6 +540,12 @@ class NMFEstimator(
     # -------------------------------------------------------------- internals
     #: Whether the data must be non-negative (counts); semi-NMF accepts signed data.
     _non_negative_input: bool = True
+
+    def _transform_input(self, X):
+        """``X`` of :meth:`transform`: fitted estimator checked, validated, CSR if sparse."""
+        check_is_fitted(self)
+        X = self._validate_input(X, reset=False, where="transform (input X)")
+        return kernels.canonical_csr(X) if sp.issparse(X) else X
 
     def _validate_input(self, X, *, reset: bool, where: str):
         """``X`` validated by scikit-learn (dtype, finiteness, sign, feature count)."""
@@ -676,12 +682,15 @@ class NMFEstimator(
                 stacklevel=3,
             )
 
+    def _rng(self) -> np.random.Generator:
+        """A Generator seeded from ``random_state`` (int, RandomState or None)."""
+        rs = self.random_state
+        if not isinstance(rs, np.random.RandomState):
+            rs = np.random.RandomState(rs)
+        return np.random.default_rng(rs.randint(np.iinfo(np.int32).max))
+
     def _initialise(self, state: FitState, W0, H0, m, p, k, dtype, scale) -> None:
-        rng = np.random.default_rng(
-            np.random.RandomState(self.random_state).randint(np.iinfo(np.int32).max)
-            if not isinstance(self.random_state, np.random.RandomState)
-            else self.random_state.randint(np.iinfo(np.int32).max)
-        )
+        rng = self._rng()
         X = state.X
         A = D = None
         if W0 is None or H0 is None:
@@ -876,12 +885,15 @@ class NMFEstimator(
                 out[name][i] = row.get(name, np.nan)
         return out
 
-    def _update_W(self, state: FitState, w_negative: np.ndarray) -> None:
+    def _update_W(
+        self, state: FitState, w_negative: np.ndarray, map_colsum: np.ndarray | None = None
+    ) -> None:
         """Multiplicative update of ``W`` (all estimators with a ``G W H`` model).
 
         KL: ``W <- W (G^T R H^T) / (G^T 1 1^T H^T + nu)``; Frobenius:
         ``W <- W (G^T X H^T) / (G^T G W H H^T + nu)``; ``nu`` makes the free
-        entries of each column sum to one when ``simplex_W``.
+        entries of each column sum to one when ``simplex_W``.  ``map_colsum``
+        replaces ``H 1`` in the KL denominator (PNMF: the posterior mean maps).
         """
         G, W, A = state.G, state.W, state.A
         negative = w_negative if G is None else G.T @ w_negative
@@ -891,7 +903,8 @@ class NMFEstimator(
             positive = GtG_W @ gram_A
         else:
             g_sum = 1.0 if G is None else state.extras.setdefault("G_colsum", G.sum(axis=0))
-            positive = np.broadcast_to(g_sum, (W.shape[0],))[:, None] * A.sum(axis=0)[None, :]
+            colsum = A.sum(axis=0) if map_colsum is None else map_colsum.astype(W.dtype)
+            positive = np.broadcast_to(g_sum, (W.shape[0],))[:, None] * colsum[None, :]
         free = None
         simplex = self._effective_simplex_W()
         if simplex and (state.fixed_W is not None or state.free_W_rows is not None):

@@ -174,12 +174,9 @@ n_features_in_, data_path_
                 "ConvexNMF does not take an initial W: its spectra are combinations of the "
                 "data pixels. Pass H (the initial maps) only, or neither."
             )
-        if self.init == "random":
-            A, _ = self._start(state.X, k)
-            B = self._rng().random((p, k)) + 0.1
-        else:
-            A, _ = self._start(state.X, k)
-            B = A.copy()  # indicators + 0.2, normalised per cluster below
+        A, _ = self._start(state.X, k)
+        # k-means: indicators + 0.2, normalised per cluster below
+        B = self._rng().random((p, k)) + 0.1 if self.init == "random" else A.copy()
         if H0 is not None:
             H0 = np.asarray(H0, dtype=np.float64)
             if H0.shape != (k, p) or not np.all(np.isfinite(H0)) or np.any(H0 < 0):
@@ -234,16 +231,8 @@ n_features_in_, data_path_
         self.convex_weights_ = np.ascontiguousarray(state.W.T)
         # The spectra are combinations of the original pixels: they carry the scale.
         self._scaled_factor = "W"
-        fitted = FitState(
-            X=state.X,
-            W=_spectra_of(state),
-            A=state.A,
-            G=None,
-            floor=state.floor,
-            x_constants=state.x_constants,
-            extras=state.extras,
-        )
-        return super()._set_fitted(fitted, scale)
+        state.W, state.spectra = _spectra_of(state), None  # the fit is over: W_ holds D
+        return super()._set_fitted(state, scale)
 
     def _solve_rows(self, X, basis: np.ndarray) -> np.ndarray:
         if self.hspy_comp:

@@ -323,6 +323,7 @@ sparse, dtype
     }
 
     _penalty_names = ("KL_prior_loss",)
+    _state_type = PNMFState
 
     def __init__(
         self,
@@ -456,7 +457,7 @@ sparse, dtype
         self._scale = scale
         self._scaled_factor = "H"
 
-        state = self._new_state(Xi, G)
+        state = self._make_state(Xi, G)
         state.free_W_rows = self._simplex_rows(m)
         self._setup_fixed(state, m, p, k, dtype, scale)
         # Initialise on the counts (NNDSVDa is not scale-equivariant: it fills zeros
@@ -476,25 +477,6 @@ sparse, dtype
         self._true = self._truth_for_history(n, p)
         self._run(state, n * p)
         return self._set_fitted(state, scale)
-
-    def _new_state(self, Xi, G) -> PNMFState:
-        """The working state: data path chosen as in :class:`NMFEstimator`."""
-        self.data_path_ = kernels.choose_path(Xi, self.sparse)
-        logger.info(
-            "PNMF: %s path for data of %d pixels x %d channels.", self.data_path_, *Xi.shape
-        )
-        data = kernels.prepare_data(Xi, self.data_path_)
-        if isinstance(data, kernels.SparseData):
-            Xi = data.csr
-        return PNMFState(
-            X=Xi,
-            W=None,
-            A=None,
-            G=G,
-            floor=float(self.log_shift),
-            x_constants=kernels.data_constants(Xi, "kl"),
-            data=data,
-        )
 
     def _start_posterior(self, state: PNMFState, scale: float) -> None:
         """``mu`` from the initial maps, the prior, then ``sigma^2`` (exact step 3)."""
@@ -631,36 +613,9 @@ sparse, dtype
             "data": weight * (log_rate + float(c @ mean_maps_old)) + state.extras["const"],
             "KL_prior_loss": kl_old,
         }
-        self._update_spectra(state, w_negative, np.exp(mu + 0.5 * var).sum(axis=0))
+        self._update_W(state, w_negative, np.exp(mu + 0.5 * var).sum(axis=0))
         self._update_prior(state)
         return terms
-
-    def _update_spectra(self, state: PNMFState, w_negative, mean_maps_colsum) -> None:
-        """``W <- W G^T(R^T A) / (G^T 1 colsum(B) + nu)`` (the KL step of the base, with ``B``)."""
-        G, W = state.G, state.W
-        dtype = W.dtype
-        negative = w_negative if G is None else G.T @ w_negative
-        g_sum = np.ones(W.shape[0]) if G is None else G.sum(axis=0, dtype=np.float64)
-        positive = (g_sum[:, None] * mean_maps_colsum[None, :]).astype(dtype)
-        simplex = self._effective_simplex_W()
-        free = None
-        if simplex and (state.fixed_W is not None or state.free_W_rows is not None):
-            free = np.ones_like(W, dtype=bool) if state.fixed_W is None else ~state.fixed_W
-            if state.free_W_rows is not None:
-                free &= state.free_W_rows[:, None]
-            free = free.T
-        new = kernels.mu_update(
-            W.T,
-            negative.T,
-            positive.T,
-            floor=float(self.log_shift),
-            simplex=simplex,
-            free=free,
-            tol=self._simplex_tol(),
-        ).T
-        if state.fixed_W is not None:
-            new = np.where(state.fixed_W, state.fixed_W_values, new)
-        W[...] = new
 
     def _truth_measures(self, state: PNMFState) -> dict[str, float]:
         true_D, true_H = self._true
@@ -760,10 +715,7 @@ sparse, dtype
         return self._solve(X)[1]
 
     def _solve(self, X):
-        check_is_fitted(self)
-        X = self._validate_input(X, reset=False, where="transform (input X)")
-        if sp.issparse(X):
-            X = kernels.canonical_csr(X)
+        X = self._transform_input(X)
         dtype = X.dtype
         data = kernels.prepare_data(X, kernels.choose_path(X, self.sparse))
         if self.hspy_comp:
