@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.linalg as sla
-import scipy.sparse as sp
 from scipy.optimize import nnls
 
 #: Relative ridge added to a Gram matrix that is numerically singular.
@@ -77,12 +76,6 @@ def frobenius_from_products(
     """
     value = 0.5 * x_norm2 - float(np.vdot(A, XD)) + 0.5 * float(np.vdot(A.T @ A, gram_D))
     return max(value, 0.0)
-
-
-def data_norm2(X) -> float:
-    """``||X||_F^2`` of a dense or sparse matrix."""
-    values = X.data if sp.issparse(X) else np.asarray(X)
-    return float(np.vdot(values, values))
 
 
 def spectral_norm2(X, *, rtol: float = 1e-6, max_iter: int = 500) -> float:

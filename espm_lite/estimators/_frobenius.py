@@ -16,6 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.utils._param_validation import Interval, StrOptions
 
+from .. import _kernels as kernels
 from .. import _least_squares as lsq
 from .._initialization import kmeans_factors
 from .base import FitState, NMFEstimator
@@ -92,7 +93,7 @@ class FrobeniusNMF(NMFEstimator):
             A=None,
             G=G,
             floor=float(self.log_shift),
-            x_constants=(lsq.data_norm2(Xi), 0.0),
+            x_constants=kernels.data_constants(Xi, "l2"),
         )
 
     def _data_scale(self, Xi) -> float:
@@ -106,7 +107,8 @@ class FrobeniusNMF(NMFEstimator):
         rng = self._rng()
         if self.init == "random":
             p, n = Xi.shape
-            scale = np.sqrt(max(lsq.data_norm2(Xi) / (p * n), 1e-12) / k)
+            norm2 = kernels.data_constants(Xi, "l2")[0]
+            scale = np.sqrt(max(norm2 / (p * n), 1e-12) / k)
             return (
                 scale * np.abs(rng.standard_normal((p, k))),
                 scale * np.abs(rng.standard_normal((n, k))),
