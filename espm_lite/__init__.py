@@ -6,10 +6,15 @@ Estimators in the scikit-learn style, all built on :class:`NMFEstimator`
 ``s.decomposition(algorithm=...)``.
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
 from . import datasets, measures
 from .estimators import PNMF, SNMF, ConvexNMF, NMFEstimator, SmoothNMF
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("espm_lite")  # single source: pyproject.toml
+except PackageNotFoundError:  # imported from a source tree that is not installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "ConvexNMF",

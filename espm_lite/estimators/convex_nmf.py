@@ -7,17 +7,11 @@ import numbers
 import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from .. import _kernels as kernels
-from .. import _least_squares as lsq
-from ._frobenius import MAP_SWEEPS, SPARSITY_CONSTRAINT, FrobeniusNMF, sqrt_update
-from .base import FitState
+from .._problem import Problem
+from ..solvers.frobenius import ConvexSolver
+from ._frobenius import SPARSITY_CONSTRAINT, FrobeniusNMF
 
 SOLVERS = ("mu", "pgd")
-
-
-def _spectra_of(state: FitState) -> np.ndarray:
-    """``D = X^T B`` (n, k): the dictionary applied to the pixels."""
-    return np.asarray(state.X.T @ state.W)
 
 
 class ConvexNMF(FrobeniusNMF):
@@ -162,77 +156,18 @@ n_features_in_, data_path_
         self.no_stop_criterion = no_stop_criterion
         self.dtype = dtype
 
-    # ----------------------------------------------------------------- setup
-    def _make_state(self, Xi, G) -> FitState:
-        state = super()._make_state(Xi, G)
-        state.spectra = _spectra_of
-        return state
+    def _intensity_factor(self) -> str:
+        # The spectra are combinations of the (scaled) pixels: they carry the scale.
+        return "W"
 
-    def _initialise(self, state: FitState, W0, H0, m, p, k, dtype, scale) -> None:
-        if W0 is not None:
-            raise ValueError(
-                "ConvexNMF does not take an initial W: its spectra are combinations of the "
-                "data pixels. Pass H (the initial maps) only, or neither."
-            )
-        A, _ = self._start(state.X, k)
-        # k-means: indicators + 0.2, normalised per cluster below
-        B = self._rng().random((p, k)) + 0.1 if self.init == "random" else A.copy()
-        if H0 is not None:
-            H0 = np.asarray(H0, dtype=np.float64)
-            if H0.shape != (k, p) or not np.all(np.isfinite(H0)) or np.any(H0 < 0):
-                raise ValueError(f"H must be finite, non-negative, of shape {(k, p)}.")
-            A = H0.T / scale
-        B = B / B.sum(axis=0, keepdims=True)
-        if H0 is None:
-            # Maps at the scale of the start spectra (least squares in a common factor).
-            D = np.asarray(state.X.T @ B)
-            XD = np.asarray(state.X @ D)
-            A = A * max(float(np.vdot(A, XD)) / float(np.vdot(A.T @ A, D.T @ D)), 1e-12)
-        state.W = np.ascontiguousarray(np.maximum(B, state.floor), dtype=dtype)
-        state.A = np.ascontiguousarray(np.maximum(A, state.floor), dtype=dtype)
-        if self.solver == "pgd":
-            state.extras["sigma2"] = lsq.spectral_norm2(state.X)
-
-    def _map_l1(self, state: FitState) -> float:
-        return float(self.l1_penalty)
-
-    # ------------------------------------------------------------- iteration
-    def _iterate(self, state: FitState) -> dict[str, float]:
-        X, A, B, floor = state.X, state.A, state.W, state.floor
-        D = _spectra_of(state)
-        KB = np.asarray(X @ D)  # K B = X X^T B
-        gram = D.T @ D
-        terms = self._terms(state, KB, gram)  # objective of the iterate before the update
-        l1 = float(self.l1_penalty)
-        if self.solver == "mu":
-            for _ in range(MAP_SWEEPS):  # no pass over the data: O(p k^2) each
-                A[...] = sqrt_update(A, KB, A @ gram + l1, floor)
-            KA = np.asarray(X @ np.asarray(X.T @ A))
-            B[...] = sqrt_update(B, KA, KB @ (A.T @ A), floor)
-            if self.strict_convex:
-                sums = B.sum(axis=0)
-                B /= sums
-                A *= sums
-        else:
-            lipschitz_A = max(float(np.linalg.eigvalsh(gram)[-1]), np.finfo(A.dtype).tiny)
-            A[...] = np.maximum(A - (A @ gram - KB + l1) / lipschitz_A, floor)
-            gram_A = A.T @ A
-            KA = np.asarray(X @ np.asarray(X.T @ A))
-            lipschitz_B = state.extras["sigma2"] * float(np.linalg.eigvalsh(gram_A)[-1])
-            step = 1.0 / max(lipschitz_B, np.finfo(A.dtype).tiny)
-            grad_B = KB @ gram_A - KA
-            B[...] = kernels.projected_step(
-                B.T, grad_B.T, step, floor=floor, simplex=bool(self.strict_convex)
-            ).T
-        return terms
-
-    # --------------------------------------------------------------- outputs
-    def _set_fitted(self, state: FitState, scale: float):
-        self.convex_weights_ = np.ascontiguousarray(state.W.T)
-        # The spectra are combinations of the original pixels: they carry the scale.
-        self._scaled_factor = "W"
-        state.W, state.spectra = _spectra_of(state), None  # the fit is over: W_ holds D
-        return super()._set_fitted(state, scale)
+    def _solver(self, problem: Problem) -> ConvexSolver:
+        return ConvexSolver(
+            problem,
+            solver=self.solver,
+            l1_penalty=self.l1_penalty,
+            strict_convex=self.strict_convex,
+            **self._solver_options(),
+        )
 
     def _solve_rows(self, X, basis: np.ndarray) -> np.ndarray:
         if self.hspy_comp:

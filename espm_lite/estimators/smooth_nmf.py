@@ -8,13 +8,10 @@ import warnings
 import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from .. import _kernels as kernels
-from .base import FitState, NMFEstimator
-
-#: Strength of the proximal term of the Laplacian surrogates (>= the norm bound 8).
-SIGMA_L = kernels.LAPLACIAN_NORM_BOUND
-
-ALGORITHMS = ("log_surrogate", "l2_surrogate", "projected_gradient")
+from .._problem import Problem
+from .._validation import per_component
+from ..solvers.smooth_kl import ALGORITHMS, SmoothKL
+from .base import NMFEstimator
 
 
 class SmoothNMF(NMFEstimator):
@@ -33,7 +30,8 @@ class SmoothNMF(NMFEstimator):
     ``sum_i W_ir = 1`` (``simplex_W``), and every entry ``>= log_shift``.
 
     Each iteration updates ``H`` then ``W`` by majorisation-minimisation
-    (see ``DESIGN.md`` section 2); with ``R = X / (G W H)`` and ``D = G W``:
+    (see ``docs/maths.md`` and :mod:`espm_lite.solvers.smooth_kl`); with
+    ``R = X / (G W H)`` and ``D = G W``:
 
     * ``"log_surrogate"``: ``H <- H (D^T R + c) / (D^T 1 + c + lambda_L H Delta
       + mu / (H + epsilon_reg) + nu)`` with ``c = lambda_L sigma_L max_j H_rj``,
@@ -101,11 +99,10 @@ hspy_comp, no_stop_criterion, simplex_H, simplex_W, sparse, dtype
         "gamma": [Interval(numbers.Real, 0, None, closed="neither"), None],
     }
 
-    _penalty_names = ("Lapl_reg_loss", "log_reg_loss")
-
     def __init__(
         self,
         n_components=2,
+        *,
         init=None,
         tol=1e-4,
         max_iter=200,
@@ -178,18 +175,7 @@ hspy_comp, no_stop_criterion, simplex_H, simplex_W, sparse, dtype
         return bool(self.force_simplex)
 
     def _mu_vector(self, dtype=np.float64) -> np.ndarray:
-        mu = np.asarray(self.mu, dtype=np.float64)
-        k = self.n_components
-        if mu.ndim == 0:
-            mu = np.full(k, float(mu))
-        if mu.shape != (k,):
-            raise ValueError(
-                f"mu must be a scalar or an array of shape (n_components,) = ({k},), "
-                f"got shape {mu.shape}."
-            )
-        if not np.all(np.isfinite(mu)) or np.any(mu < 0):
-            raise ValueError(f"mu must be finite and non-negative, got {self.mu!r}.")
-        return mu.astype(dtype)
+        return per_component(self.mu, "mu", self.n_components, sign="non-negative").astype(dtype)
 
     def _check_settings(self, n_channels: int, n_pixels: int) -> None:
         self._mu_vector()
@@ -218,124 +204,28 @@ hspy_comp, no_stop_criterion, simplex_H, simplex_W, sparse, dtype
             warnings.warn(
                 f"linesearch=True only applies to algo='projected_gradient' (algo={self.algo!r}).",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
-
-    def _prepare(self, state: FitState) -> None:
-        dtype = state.A.dtype
-        state.extras["mu"] = self._mu_vector(dtype)
-        if self.lambda_L > 0:
-            state.extras["laplacian"] = kernels.grid_laplacian(self._shape_2d_tuple(), dtype)
-        state.extras.setdefault("step_scale", 1.0)
-        if state.G is not None:
-            state.extras["G_colsum"] = state.G.sum(axis=0)
-            if self.l2:
-                state.extras["GtG"] = state.G.T @ state.G
 
     def _simplex_tol(self) -> float:
         return float(self.dicotomy_tol)
 
-    # ---------------------------------------------------------- objective
-    def _penalty_terms(self, state: FitState, A: np.ndarray, lap_A=None) -> dict[str, float]:
-        terms = {"Lapl_reg_loss": 0.0, "log_reg_loss": 0.0}
-        if self.lambda_L > 0:
-            if lap_A is None:
-                lap_A = state.extras["laplacian"] @ A
-            terms["Lapl_reg_loss"] = 0.5 * self.lambda_L * float(np.vdot(A, lap_A))
-        mu = state.extras["mu"]
-        if np.any(mu > 0):
-            log_sums = np.log(A + A.dtype.type(self.epsilon_reg)).sum(axis=0, dtype=np.float64)
-            terms["log_reg_loss"] = float(mu.astype(np.float64) @ log_sums)
-        return terms
+    def _solver(self, problem: Problem) -> SmoothKL:
+        return SmoothKL(
+            problem,
+            lambda_L=self.lambda_L,
+            mu=self._mu_vector(),
+            epsilon_reg=self.epsilon_reg,
+            algo=self.algo,
+            gamma=self.gamma,
+            linesearch=self.linesearch,
+            simplex_tol=self._simplex_tol(),
+            init=self.init,
+            rng=self._rng,
+        )
 
     def _transform_denominator(self, A: np.ndarray):
         mu = self._mu_vector(A.dtype)
         if not np.any(mu > 0):
             return 0.0
         return mu / (A + A.dtype.type(self.epsilon_reg))
-
-    # ------------------------------------------------------------ updates
-    def _iterate(self, state: FitState) -> dict[str, float]:
-        A = state.A
-        dtype = A.dtype
-        lam = dtype.type(self.lambda_L)
-        mu = state.extras["mu"]
-        eps_reg = dtype.type(self.epsilon_reg)
-        floor = float(self.log_shift)
-        tol = float(self.dicotomy_tol)
-        lap_A = state.extras["laplacian"] @ A if lam > 0 else None
-        penalties = self._penalty_terms(state, A, lap_A)
-        free = None if state.fixed_A is None else ~state.fixed_A
-        simplex = bool(self.simplex_H)
-        algo = self.algo
-        prox = lam * dtype.type(SIGMA_L)
-        prox_max = prox * A.max(axis=0) if lam > 0 else None
-        use_mu = bool(np.any(mu > 0))
-        step_scale = state.extras["step_scale"]
-
-        def rule(rows, negative, positive, curvature):
-            Ab = A[rows]
-            extra = np.zeros_like(Ab)
-            if lam > 0:
-                extra += lam * lap_A[rows]
-            if use_mu:
-                extra += mu / (Ab + eps_reg)
-            sub_free = None if free is None else free[rows]
-            if algo == "log_surrogate":
-                num, den = negative, positive + extra
-                if lam > 0:
-                    num = negative + prox_max
-                    den = den + prox_max
-                new = kernels.mu_update(
-                    Ab, num, den, floor=floor, simplex=simplex, free=sub_free, tol=tol
-                )
-            elif algo == "l2_surrogate":
-                b = positive + extra - prox * Ab if lam > 0 else positive + extra
-                new = kernels.quadratic_root_update(
-                    Ab,
-                    float(prox),
-                    b,
-                    Ab * negative,
-                    floor=floor,
-                    simplex=simplex,
-                    free=sub_free,
-                    tol=tol,
-                )
-            else:
-                gradient = positive - negative + extra
-                if self.gamma is not None:
-                    step = dtype.type(self.gamma * step_scale)
-                else:
-                    bound = curvature + lam * dtype.type(kernels.LAPLACIAN_NORM_BOUND)
-                    step = (step_scale / np.maximum(bound, np.finfo(dtype).tiny))[:, None]
-                    step = step.astype(dtype, copy=False)
-                new = kernels.projected_step(
-                    Ab, gradient, step, floor=floor, simplex=simplex, free=sub_free, tol=tol
-                )
-            if state.fixed_A is not None:
-                new = np.where(state.fixed_A[rows], state.fixed_A_values[rows], new)
-            return new
-
-        result = kernels.data_pass(
-            state.data,
-            A,
-            state.D,
-            loss="l2" if self.l2 else "kl",
-            map_rule=rule,
-            need_curvature=(algo == "projected_gradient" and self.gamma is None),
-            x_constants=state.x_constants,
-        )
-        self._update_W(state, result.w_negative)
-        if algo == "projected_gradient" and (self.linesearch or self.gamma is None):
-            # Regrow the step after backtracking: up to the curvature step by default,
-            # without bound with linesearch=True.
-            grown = step_scale * 1.1
-            state.extras["step_scale"] = grown if self.linesearch else min(grown, 1.0)
-        return {"data": result.data_loss, **penalties}
-
-    def _on_increase(self, state: FitState) -> bool:
-        # The default step (curvature bound at the current iterate) backtracks too.
-        if self.algo == "projected_gradient" and (self.linesearch or self.gamma is None):
-            state.extras["step_scale"] *= 0.5
-            return state.extras["step_scale"] > 1e-12
-        return False

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
-
-from .. import _least_squares as lsq
-from ._frobenius import MAP_SWEEPS, SPARSITY_CONSTRAINT, FrobeniusNMF, split, sqrt_update
-from .base import FitState
-
-#: Proximal-gradient steps of the spectra update when ``sparsity > 0``.
-PROX_STEPS = 5
+from .._problem import Problem
+from ..solvers.frobenius import SemiNMF
+from ._frobenius import SPARSITY_CONSTRAINT, FrobeniusNMF
 
 
 class SNMF(FrobeniusNMF):
@@ -107,6 +102,7 @@ n_features_in_, data_path_, G_
     }
 
     _non_negative_input = False
+    _signed_W = True
 
     def __init__(
         self,
@@ -157,77 +153,5 @@ n_features_in_, data_path_, G_
                 "use sparsity=0 or G=None."
             )
 
-    def _make_state(self, Xi, G) -> FitState:
-        state = super()._make_state(Xi, G)
-        state.signed = True
-        return state
-
-    def _initialise(self, state: FitState, W0, H0, m, p, k, dtype, scale) -> None:
-        A, D = self._start(state.X, k)
-        if H0 is not None:
-            H0 = np.asarray(H0, dtype=np.float64)
-            if H0.shape != (k, p) or not np.all(np.isfinite(H0)) or np.any(H0 < 0):
-                raise ValueError(f"H must be finite, non-negative, of shape {(k, p)}.")
-            A = H0.T / scale
-        if W0 is not None:
-            W = np.asarray(W0, dtype=np.float64)
-            if W.shape != (m, k) or not np.all(np.isfinite(W)):
-                raise ValueError(f"W must be finite, of shape {(m, k)}.")
-        elif state.G is None:
-            W = D
-        else:
-            G = state.G.astype(np.float64)
-            W = lsq.solve_gram(G.T @ G, G.T @ D)
-        state.W = np.ascontiguousarray(W, dtype=dtype)
-        state.A = np.ascontiguousarray(np.maximum(A, state.floor), dtype=dtype)
-        self._normalise_spectra(state)
-
-    def _map_l1(self, state: FitState) -> np.ndarray | float:
-        if self.sparsity == 0:
-            return 0.0
-        return self.sparsity * np.linalg.norm(state.D, axis=0)
-
-    def _normalise_spectra(self, state: FitState) -> None:
-        """Unit-norm spectra, the maps rescaled: ``G W H`` and the objective unchanged."""
-        norms = np.linalg.norm(state.D, axis=0)
-        norms[norms == 0] = 1
-        state.W /= norms
-        state.A *= norms
-
-    def _iterate(self, state: FitState) -> dict[str, float]:
-        X, A, floor = state.X, state.A, state.floor
-        D = state.D
-        XD = np.asarray(X @ D)
-        gram = D.T @ D
-        terms = self._terms(state, XD, gram)  # objective of the iterate before the update
-        XD_pos, XD_neg = split(XD)
-        gram_pos, gram_neg = split(gram)
-        l1 = self._map_l1(state)
-        for _ in range(MAP_SWEEPS):  # no pass over the data: O(p k^2) each
-            A[...] = sqrt_update(A, XD_pos + A @ gram_neg, XD_neg + A @ gram_pos + l1, floor)
-
-        XtA = np.asarray(X.T @ A)  # (n, k)
-        gram_A = A.T @ A
-        if self.sparsity == 0:
-            spectra = lsq.solve_gram(gram_A, XtA.T).T  # X^T A (A^T A)^{-1}
-            if state.G is not None:
-                G = state.G
-                spectra = lsq.solve_gram(state.extras.setdefault("GtG", G.T @ G), G.T @ spectra)
-            state.W[...] = spectra
-        else:
-            self._prox_spectra(state, XtA, gram_A)
-        self._normalise_spectra(state)
-        return terms
-
-    def _prox_spectra(self, state: FitState, XtA: np.ndarray, gram_A: np.ndarray) -> None:
-        """Proximal-gradient steps on ``D``: ``1/2||X - A D^T||^2 + lambda sum_r a_r ||d_r||``."""
-        D = state.W  # G is None here
-        lipschitz = float(np.linalg.eigvalsh(gram_A)[-1])
-        weights = self.sparsity * state.A.sum(axis=0) / lipschitz
-        for _ in range(PROX_STEPS):
-            Z = D - (D @ gram_A - XtA) / lipschitz
-            norms = np.linalg.norm(Z, axis=0)
-            shrink = np.maximum(1 - weights / np.maximum(norms, np.finfo(Z.dtype).tiny), 0)
-            if np.any(shrink == 0):
-                break  # a spectrum would vanish: keep the previous (descent) iterate
-            D[...] = Z * shrink
+    def _solver(self, problem: Problem) -> SemiNMF:
+        return SemiNMF(problem, sparsity=self.sparsity, **self._solver_options())

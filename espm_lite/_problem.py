@@ -1,0 +1,385 @@
+"""``prepare``: from an estimator and its data to a frozen description of one fit.
+
+Every estimator's ``fit_transform`` takes the same path::
+
+    problem = prepare(estimator, X, W0, H0)   # this module
+    solver = estimator._solver(problem)       # espm_lite.solvers
+    state = solver.start(problem)
+    history = run(solver, problem, state, ...)  # espm_lite._loop
+    estimator._set_fitted(problem, solver, state, history)
+
+:class:`Problem` holds everything that does not change during the fit: the
+data in the internal *pixels x channels* layout (see :mod:`espm_lite.kernels`),
+the known matrix ``G`` with the products the updates need, the simplex rows,
+the data scale and which factor carries it, the fixed entries and the start
+values given by the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import scipy.sparse as sp
+
+from . import _kernels as kernels
+
+logger = logging.getLogger(__name__)
+
+Factor = Literal["W", "H"]
+
+
+@dataclass(frozen=True)
+class FixedEntries:
+    """Entries of ``W`` ``(m, k)`` and of the maps ``A = H^T`` ``(p, k)`` held fixed.
+
+    ``*_mask`` is a boolean array (None: nothing fixed) and ``*_values`` the
+    values, in the scale of the fitted problem.
+    """
+
+    W_mask: np.ndarray | None = None
+    W_values: np.ndarray | None = None
+    A_mask: np.ndarray | None = None
+    A_values: np.ndarray | None = None
+
+    def apply_W(self, W: np.ndarray) -> None:
+        """Write the fixed values into ``W`` in place."""
+        if self.W_mask is not None:
+            W[self.W_mask] = self.W_values[self.W_mask]
+
+    def apply_A(self, A: np.ndarray) -> None:
+        """Write the fixed values into ``A`` in place."""
+        if self.A_mask is not None:
+            A[self.A_mask] = self.A_values[self.A_mask]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One fit, fully described before the first iteration (never modified).
+
+    Attributes
+    ----------
+    X : ndarray (p, n) or CSR matrix
+        Data in the internal layout, divided by ``scale``; never written to.
+        CSR when the fit takes the sparse path.
+    data : ndarray, SparseData or DensifiedRows
+        ``X`` in the form the passes over the data take.
+    counts : ndarray (p, n) or sparse matrix
+        The internal data before scaling and path conversion.
+    G : ndarray (n, m) or None
+        Known matrix (None: identity, never materialised).
+    G_colsum, GtG : ndarray or None
+        ``1^T G`` (m,) and ``G^T G`` (m, m), computed once (None without ``G``).
+    loss : {"kl", "l2"}
+    scale : float
+        The data were divided by ``scale`` (``normalize``); 1 otherwise.
+    intensity : {"W", "H"}
+        The factor that carries ``scale`` back to the data units.
+    floor : float
+        Lower bound of the non-negative factors (``log_shift``).
+    x_constants : (float, float)
+        Constants of the data term (see :func:`espm_lite.kernels.data_constants`).
+    simplex_W, simplex_H : bool
+    simplex_W_rows : ndarray of bool (m,) or None
+        Rows of ``W`` under ``simplex_W`` (None: all rows).
+    fixed : FixedEntries
+    W0, A0 : ndarray or None
+        Start values given by the caller, validated, in the data units.
+    shape_2d : (int, int) or None
+    data_path : {"dense", "sparse"}
+    n_components : int
+    """
+
+    X: Any
+    data: Any
+    counts: Any
+    G: np.ndarray | None
+    G_colsum: np.ndarray | None
+    GtG: np.ndarray | None
+    loss: str
+    scale: float
+    intensity: Factor
+    floor: float
+    x_constants: tuple[float, float]
+    simplex_W: bool
+    simplex_H: bool
+    simplex_W_rows: np.ndarray | None
+    fixed: FixedEntries
+    W0: np.ndarray | None
+    A0: np.ndarray | None
+    shape_2d: tuple[int, int] | None
+    data_path: str
+    n_components: int
+
+    @property
+    def n_pixels(self) -> int:
+        return self.X.shape[0]
+
+    @property
+    def n_channels(self) -> int:
+        return self.X.shape[1]
+
+    @property
+    def n_entries(self) -> int:
+        return self.X.shape[0] * self.X.shape[1]
+
+    @property
+    def m(self) -> int:
+        """Rows of ``W``: columns of ``G`` (channels without ``G``)."""
+        return self.n_channels if self.G is None else self.G.shape[1]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.X.dtype
+
+    def spectra(self, W: np.ndarray) -> np.ndarray:
+        """``G W`` (``W`` itself without ``G``)."""
+        return W if self.G is None else self.G @ W
+
+    def scale_of(self, factor: Factor) -> float:
+        """The factor by which ``factor`` is multiplied back to the data units."""
+        return self.scale if factor == self.intensity else 1.0
+
+    def simplex_free_W(self) -> np.ndarray | None:
+        """Entries of ``W`` that count in the simplex sums (None: all)."""
+        if self.fixed.W_mask is None and self.simplex_W_rows is None:
+            return None
+        free = np.ones((self.m, self.n_components), dtype=bool)
+        if self.fixed.W_mask is not None:
+            free &= ~self.fixed.W_mask
+        if self.simplex_W_rows is not None:
+            free &= self.simplex_W_rows[:, None]
+        return free
+
+
+def internal_layout(X, hspy_comp: bool):
+    """``X`` in the (p, n) layout: C-contiguous dense, or CSR without duplicates."""
+    Xi = X if hspy_comp else X.T
+    if sp.issparse(Xi):
+        return kernels.canonical_csr(Xi)
+    return np.ascontiguousarray(Xi)
+
+
+def data_scale(Xi) -> float:
+    """The ``normalize`` divisor: mean absolute value summed per pixel (1 when zero)."""
+    values = Xi.data if sp.issparse(Xi) else Xi
+    total = float(np.abs(values).sum(dtype=np.float64))
+    return total / Xi.shape[0] if total > 0 else 1.0
+
+
+def divide(Xi, scale: float):
+    """``Xi / scale`` in the dtype of ``Xi`` (a new array; ``Xi`` is untouched)."""
+    if scale == 1.0:
+        return Xi
+    return Xi * (1.0 / scale) if sp.issparse(Xi) else Xi / Xi.dtype.type(scale)
+
+
+def prepare(estimator, X, W0=None, H0=None) -> Problem:
+    """Validate ``X`` and the settings of ``estimator`` and describe the fit.
+
+    Parameters
+    ----------
+    estimator : NMFEstimator
+        Its parameters are read, never changed (``n_features_in_`` is set by
+        scikit-learn's validation).
+    X : array-like or sparse matrix
+        In the estimator's orientation (``hspy_comp``).
+    W0 : array-like (m, k), optional
+    H0 : array-like (k, p), optional
+        Start values (in the data units).
+
+    Returns
+    -------
+    Problem
+    """
+    X = estimator._validate_input(X, reset=True, where="input X")
+    counts = internal_layout(X, estimator.hspy_comp)
+    p, n = counts.shape
+    k = estimator.n_components
+    estimator._check_settings(n, p)
+    shape_2d = check_shape_2d(estimator.shape_2d, p, estimator.hspy_comp)
+    dtype = counts.dtype
+    G, simplex_rows = resolve_G(estimator.G, X, n, dtype)
+    m = n if G is None else G.shape[1]
+    scale = data_scale(counts) if estimator.normalize else 1.0
+    Xs = divide(counts, scale)
+    path = estimator._choose_data_path(Xs)
+    logger.info(
+        "%s: %s path for data of %d pixels x %d channels (%s).",
+        type(estimator).__name__,
+        path,
+        p,
+        n,
+        "sparse matrix" if sp.issparse(Xs) else "dense array",
+    )
+    data = kernels.prepare_data(Xs, path) if estimator._uses_data_pass else Xs
+    if isinstance(data, kernels.SparseData):
+        Xs = data.csr  # converted once per fit; the start uses it too
+    loss = "l2" if estimator.l2 else "kl"
+    intensity = estimator._intensity_factor()
+    floor = float(estimator.log_shift)
+    return Problem(
+        X=Xs,
+        data=data,
+        counts=counts,
+        G=G,
+        G_colsum=None if G is None else G.sum(axis=0),
+        GtG=None if G is None else G.T @ G,
+        loss=loss,
+        scale=scale,
+        intensity=intensity,
+        floor=floor,
+        x_constants=kernels.data_constants(Xs, loss),
+        simplex_W=estimator._effective_simplex_W(),
+        simplex_H=bool(estimator.simplex_H),
+        simplex_W_rows=None if simplex_rows is None or simplex_rows.all() else simplex_rows,
+        fixed=fixed_entries(estimator, (m, p, k), dtype, scale, intensity),
+        W0=start_value(W0, "W", (m, k), dtype, signed=estimator._signed_W),
+        A0=None if H0 is None else start_value(H0, "H", (k, p), dtype).T,
+        shape_2d=shape_2d,
+        data_path=path,
+        n_components=k,
+    )
+
+
+def check_shape_2d(shape_2d, n_pixels: int, hspy_comp: bool) -> tuple[int, int] | None:
+    """``shape_2d`` as ``(ny, nx)`` with ``ny * nx == n_pixels`` (ValueError otherwise)."""
+    if shape_2d is None:
+        return None
+    shape = np.asarray(shape_2d)
+    if shape.shape != (2,) or not np.all(shape == np.round(shape)) or np.any(shape < 1):
+        raise ValueError(
+            f"shape_2d must be a pair of positive integers (ny, nx), got {shape_2d!r}."
+        )
+    ny, nx = int(shape[0]), int(shape[1])
+    if ny * nx != n_pixels:
+        raise ValueError(
+            f"shape_2d={(ny, nx)} has {ny * nx} pixels but X has {n_pixels} pixels "
+            f"({'rows' if hspy_comp else 'columns'} of X)."
+        )
+    return ny, nx
+
+
+def resolve_G(G, X, n_channels: int, dtype) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``G`` as a validated array copy (None: identity) and its simplex rows (or None).
+
+    A callable ``G`` is called with the validated data ``X``; a labelled
+    ``G`` (:class:`espm_lite.models.LabelledG`) gives its ``simplex_rows``.
+    """
+    if G is None:
+        return None, None
+    if callable(G):
+        G = G(X)
+    rows = None
+    if hasattr(G, "simplex_rows"):  # a labelled G
+        rows = np.asarray(G.simplex_rows, dtype=bool)
+        G = G.values
+    try:
+        G = np.array(G, dtype=dtype)  # a copy: the caller's G is never touched
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"G must be a numeric array of shape (n, m), got {type(G)}.") from exc
+    if G.ndim != 2 or G.shape[0] != n_channels or G.shape[1] < 1:
+        raise ValueError(
+            f"G must have shape (n_channels, m) = ({n_channels}, m) with m >= 1, got {G.shape}."
+        )
+    if not np.all(np.isfinite(G)):
+        raise ValueError("G must be finite (it contains NaN or inf).")
+    if np.any(G < 0):
+        raise ValueError("G must be non-negative (it has negative entries).")
+    if np.any(G.sum(axis=0) <= 0):
+        raise ValueError("G must not have an all-zero column.")
+    if rows is not None and rows.shape != (G.shape[1],):
+        raise ValueError(f"G.simplex_rows must have shape ({G.shape[1]},), got {rows.shape}.")
+    return G, rows
+
+
+def start_value(value, name: str, shape: tuple[int, int], dtype, *, signed: bool = False):
+    """A start factor given by the caller: a finite (non-negative) copy of ``shape``."""
+    if value is None:
+        return None
+    arr = np.array(value, dtype=dtype)
+    if arr.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {arr.shape}.")
+    if not np.all(np.isfinite(arr)) or (not signed and np.any(arr < 0)):
+        kind = "finite" if signed else "finite and non-negative"
+        raise ValueError(f"{name} must be {kind}.")
+    return arr
+
+
+def _fixed_mask(value, name: str, shape: tuple[int, int], dtype):
+    if value is None:
+        return None, None
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {arr.shape}.")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite (negative entries mark free values).")
+    mask = arr >= 0
+    if not mask.any():
+        return None, None
+    return mask, np.where(mask, arr, 0).astype(dtype)
+
+
+def fixed_entries(estimator, sizes, dtype, scale: float, intensity: Factor) -> FixedEntries:
+    """The ``fixed_W`` / ``fixed_H`` entries in the scale of the fitted problem."""
+    m, p, k = sizes
+    floor = estimator.log_shift
+    mask_W, val_W = _fixed_mask(estimator.fixed_W, "fixed_W", (m, k), dtype)
+    mask_H, val_H = _fixed_mask(estimator.fixed_H, "fixed_H", (k, p), dtype)
+    W_values = A_mask = A_values = None
+    if val_W is not None:
+        if intensity == "W":
+            val_W = val_W / dtype.type(scale)
+        W_values = np.maximum(val_W, floor)
+    if val_H is not None:
+        if intensity == "H":
+            val_H = val_H / dtype.type(scale)
+        A_mask = np.ascontiguousarray(mask_H.T)
+        A_values = np.ascontiguousarray(np.maximum(val_H, floor).T)
+    for active, name, sums in (
+        (estimator._effective_simplex_W() and mask_W is not None, "simplex_W", "column"),
+        (estimator.simplex_H and mask_H is not None, "simplex_H", "pixel"),
+    ):
+        if active:
+            warnings.warn(
+                f"{name} with fixed_{name[-1]} entries: the fixed entries are excluded from "
+                f"the {sums} sums (the free entries of each {sums} sum to 1).",
+                UserWarning,
+                stacklevel=4,
+            )
+    return FixedEntries(mask_W if val_W is not None else None, W_values, A_mask, A_values)
+
+
+def evaluation_problem(estimator, Xi) -> Problem:
+    """The problem of evaluating the objective of a fitted ``estimator`` on data ``Xi``.
+
+    ``Xi`` is in the internal layout and taken as given (no rescaling);
+    ``G``, its simplex rows and ``shape_2d`` are the fitted ones.
+    """
+    G = estimator.G_
+    loss = "l2" if estimator.l2 else "kl"
+    return Problem(
+        X=Xi,
+        data=Xi,
+        counts=Xi,
+        G=G,
+        G_colsum=None if G is None else G.sum(axis=0),
+        GtG=None if G is None else G.T @ G,
+        loss=loss,
+        scale=1.0,
+        intensity=estimator._intensity,
+        floor=float(estimator.log_shift),
+        x_constants=kernels.data_constants(Xi, loss),
+        simplex_W=estimator._effective_simplex_W(),
+        simplex_H=bool(estimator.simplex_H),
+        simplex_W_rows=estimator._G_simplex_rows,
+        fixed=FixedEntries(),
+        W0=None,
+        A0=None,
+        shape_2d=check_shape_2d(estimator.shape_2d, Xi.shape[0], estimator.hspy_comp),
+        data_path="sparse" if sp.issparse(Xi) else "dense",
+        n_components=estimator.n_components_,
+    )

@@ -1,0 +1,129 @@
+"""Row-by-row solves with the other factor fixed: what every ``transform`` uses.
+
+A row (a pixel with ``hspy_comp=True``, a channel otherwise) is solved on its
+own, so any subset of rows gives the same results: :func:`solve_rows` runs
+passes over the data with a per-row update and stops each row when its own
+change falls below a tolerance; :func:`least_squares_start` is the start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from . import _kernels as kernels
+
+#: ``update(rows, negative, positive, active) -> (new rows, change per row)``.
+RowUpdate = Callable[[slice, np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def least_squares_start(X, basis: np.ndarray, floor: float) -> np.ndarray:
+    """``C >= 0`` with ``X ~ C basis^T`` by (ridged) least squares, lifted off zero.
+
+    Each row is at least ``0.1 * sum(x) / sum(basis) + floor``, so that
+    multiplicative updates can move every entry. Returned in the dtype of
+    ``basis``.
+    """
+    gram = basis.T @ basis
+    rhs = np.asarray(X @ basis)
+    try:
+        ridge = 1e-10 * np.trace(gram) * np.eye(gram.shape[0])
+        C = np.linalg.solve(gram + ridge, rhs.T).T
+    except np.linalg.LinAlgError:
+        C = np.linalg.lstsq(gram, rhs.T, rcond=None)[0].T
+    row_scale = np.asarray(X.sum(axis=1)).ravel() / max(float(basis.sum()), floor)
+    C = np.maximum(C, 0.1 * row_scale[:, None] + floor).astype(basis.dtype)
+    return np.ascontiguousarray(C)
+
+
+def relative_change(new: np.ndarray, old: np.ndarray) -> np.ndarray:
+    """``max |new - old| / max new`` per row (the stopping measure of a row)."""
+    tiny = np.finfo(new.dtype).tiny
+    return np.abs(new - old).max(axis=1) / np.maximum(new.max(axis=1), tiny)
+
+
+def solve_rows(
+    data,
+    C: np.ndarray,
+    basis: np.ndarray,
+    update: RowUpdate,
+    *,
+    loss: str = "kl",
+    max_passes: int,
+    change_tol: float,
+) -> np.ndarray:
+    """Iterate ``update`` on the rows of ``C`` (in place) until each row has converged.
+
+    Parameters
+    ----------
+    data : ndarray, SparseData or DensifiedRows (r, n)
+        The rows to solve, in the form :func:`espm_lite.kernels.data_pass` takes.
+    C : ndarray (r, k)
+        Start, updated in place.
+    basis : ndarray (n, k)
+        The fixed factor (``> 0``).
+    update : callable
+        ``update(rows, negative, positive, active)`` gets the gradient parts of
+        the data term for the block ``rows`` (see ``data_pass``) and the rows
+        still active; returns the new rows and their change.
+    loss : {"kl", "l2"}
+    max_passes : int
+    change_tol : float
+        A row stops (keeps its value) once its change is below this.
+
+    Returns
+    -------
+    ndarray (r, k)
+        ``C``.
+    """
+    active = np.ones(C.shape[0], dtype=bool)
+
+    def rule(rows, negative, positive, curvature):
+        was_active = active[rows]
+        new, change = update(rows, negative, positive, was_active)
+        active[rows] = was_active & (change >= change_tol)
+        return np.where(was_active[:, None], new, C[rows])
+
+    for _ in range(max_passes):
+        kernels.data_pass(
+            data, C, basis, loss=loss, map_rule=rule, need_w_terms=False, need_loss=False
+        )
+        if not active.any():
+            break
+    return C
+
+
+def multiplicative_rows(
+    X,
+    basis: np.ndarray,
+    *,
+    floor: float,
+    simplex: bool,
+    penalty: Callable[[np.ndarray], np.ndarray | float] | None,
+    loss: str,
+    sparse,
+    max_passes: int,
+    change_tol: float,
+    simplex_tol: float,
+) -> np.ndarray:
+    """Non-negative ``C`` with ``X ~ C basis^T`` (KL or Frobenius), ``basis`` fixed.
+
+    Multiplicative updates (:func:`espm_lite.kernels.mu_update`) from
+    :func:`least_squares_start`, each row on the simplex when ``simplex``;
+    ``penalty(C_rows)`` adds to the denominators (the sparsity term).
+    """
+    C = least_squares_start(X, basis, floor)
+    if simplex:
+        C = np.ascontiguousarray(C / C.sum(axis=1, keepdims=True))
+
+    def update(rows, negative, positive, active):
+        Cb = C[rows]
+        den = positive + (0.0 if penalty is None else penalty(Cb))
+        new = kernels.mu_update(Cb, negative, den, floor=floor, simplex=simplex, tol=simplex_tol)
+        return new, relative_change(new, Cb)
+
+    data = kernels.prepare_data(X, kernels.choose_path(X, sparse))
+    return solve_rows(
+        data, C, basis, update, loss=loss, max_passes=max_passes, change_tol=change_tol
+    )

@@ -1,0 +1,225 @@
+"""What every solver shares: the working state, the solver interface, and the
+multiplicative pieces of the ``G W H`` models (start, ``W`` update, spectra).
+
+Internal layout (see :mod:`espm_lite.kernels`): the data are ``(p, n)``
+(pixels x channels), the maps ``A = H^T`` ``(p, k)``, the spectra
+``D = G W`` ``(n, k)``, so that the model is ``Y = A D^T``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import _kernels as kernels
+from .._initialization import initial_factors, project_on_G
+from .._problem import Problem
+
+
+class ArrayState:
+    """A dataclass of working arrays that the loop can snapshot, restore and check.
+
+    Every field holding an ndarray is part of a snapshot; scalars are not.
+    """
+
+    def _arrays(self) -> list[str]:
+        return [
+            f.name
+            for f in dataclasses.fields(self)
+            if isinstance(getattr(self, f.name), np.ndarray)
+        ]
+
+    def snapshot(self) -> dict[str, np.ndarray]:
+        """Copies of the arrays of the state (what :meth:`restore` puts back)."""
+        return {name: getattr(self, name).copy() for name in self._arrays()}
+
+    def restore(self, snapshot: dict[str, np.ndarray]) -> None:
+        for name, value in snapshot.items():
+            getattr(self, name)[...] = value
+
+    def finite(self) -> bool:
+        """Whether every array of the state is finite."""
+        return all(bool(np.all(np.isfinite(getattr(self, name)))) for name in self._arrays())
+
+
+@dataclass
+class FitState(ArrayState):
+    """Working factors of one fit: ``W`` ``(m, k)`` and the maps ``A = H^T`` ``(p, k)``."""
+
+    W: np.ndarray
+    A: np.ndarray
+
+
+@dataclass(frozen=True)
+class Result:
+    """Final factors in the scale of the fitted problem, and extra fitted attributes.
+
+    ``W`` ``(m, k)`` and ``A`` ``(p, k)`` are rescaled to the data units by the
+    estimator (:meth:`Problem.scale_of`); ``fitted`` maps attribute names to
+    values set as they are (e.g. ``H_std_``; a ``reconstruction_err_`` there
+    replaces the default one).
+    """
+
+    W: np.ndarray
+    A: np.ndarray
+    fitted: dict = dataclasses.field(default_factory=dict)
+
+
+class Solver:
+    """Interface of a solver: the maths of one model, no scikit-learn plumbing.
+
+    A solver is built by its estimator from the parameters and the
+    :class:`Problem` (``estimator._solver(problem)``) and does not change
+    afterwards; everything that changes lives in the state.
+    """
+
+    #: History field of the data term, then the penalty names.
+    names: tuple[str, ...] = ("KL_div_loss",)
+    #: Spectra may be negative (semi-NMF): they are not floored.
+    signed: bool = False
+
+    def start(self, problem: Problem) -> FitState:
+        raise NotImplementedError
+
+    def step(self, problem: Problem, state: FitState) -> dict[str, float]:
+        """One iteration in place; returns the objective terms of the iterate before it."""
+        raise NotImplementedError
+
+    def objective(self, problem: Problem, state: FitState) -> dict[str, float]:
+        """Objective terms (``"data"`` and the penalties) at the state."""
+        raise NotImplementedError
+
+    def on_increase(self, state: FitState) -> bool:
+        """Called after an increase was reverted; True to go on iterating."""
+        return False
+
+    def polish(self, problem: Problem, state: FitState) -> dict[str, float] | None:
+        """Final step after the loop; returns the new objective terms (None: unchanged)."""
+        return None
+
+    def spectra(self, problem: Problem, state: FitState) -> np.ndarray:
+        """``D = G W`` (n, k), floored at ``problem.floor`` unless signed."""
+        D = problem.spectra(state.W)
+        return D if self.signed else np.maximum(D, problem.floor)
+
+    def monitored(self, problem: Problem, state: FitState) -> tuple[np.ndarray, np.ndarray]:
+        """``(spectra (n, k), maps (p, k))`` for the truth monitor."""
+        return self.spectra(problem, state), state.A
+
+    def result(self, problem: Problem, state: FitState, final_terms: dict) -> Result:
+        """Final factors (and extra fitted attributes) from the final state."""
+        return Result(state.W, state.A)
+
+    def loss_terms(self, problem: Problem, state: FitState) -> dict[str, float]:
+        """Objective terms of given factors ``W`` (spectra side) and ``A`` (maps)."""
+        return self.objective(problem, state)
+
+
+def nonnegative_start(
+    problem: Problem, init, rng: np.random.Generator, *, X, scale: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Feasible non-negative start ``(W, A)`` of the KL models.
+
+    The caller's ``W0`` / ``A0`` (divided by ``scale`` for the factor carrying
+    the intensity) take precedence over the initialisation ``init`` of ``X``
+    (:func:`espm_lite._initialization.initial_factors`); a start spectrum is
+    projected on ``G`` by NNLS. Entries are floored, the fixed entries set,
+    and the simplex constraints hold from the first iterate (``W`` columns
+    rescaled with the maps compensating, ``A`` rows renormalised).
+    """
+    dtype = problem.dtype
+    W0, A0 = problem.W0, problem.A0
+    A = D = None
+    if W0 is None or A0 is None:
+        A, Dt = initial_factors(X, problem.n_components, init, rng)
+        D = Dt.T
+    if A0 is not None:
+        A = np.array(A0) / (dtype.type(scale) if problem.intensity == "H" else 1)
+    if W0 is not None:
+        W = np.array(W0) / (dtype.type(scale) if problem.intensity == "W" else 1)
+    elif problem.G is None:
+        W = np.ascontiguousarray(D)
+    else:
+        W = project_on_G(problem.G, D)
+    floor = problem.floor
+    W = np.maximum(W, floor).astype(dtype, copy=False)
+    A = np.ascontiguousarray(np.maximum(A, floor).astype(dtype, copy=False))
+    problem.fixed.apply_W(W)
+    problem.fixed.apply_A(A)
+    if problem.simplex_W:
+        free = problem.simplex_free_W()
+        free = np.ones_like(W, dtype=bool) if free is None else free
+        sums = (W * free).sum(axis=0)
+        sums[sums <= 0] = 1
+        W = np.where(free, W / sums, W)
+        if problem.intensity == "H" and problem.fixed.A_mask is None:
+            A = A * sums  # keep the product G W H unchanged
+    if problem.simplex_H:
+        free = (
+            np.ones_like(A, dtype=bool) if problem.fixed.A_mask is None else ~problem.fixed.A_mask
+        )
+        sums = (A * free).sum(axis=1, keepdims=True)
+        sums[sums <= 0] = 1
+        A = np.where(free, A / sums, A)
+    W = np.ascontiguousarray(np.maximum(W, floor).astype(dtype, copy=False))
+    A = np.ascontiguousarray(np.maximum(A, floor).astype(dtype, copy=False))
+    return W, A
+
+
+def update_W(
+    problem: Problem,
+    state: FitState,
+    w_negative: np.ndarray,
+    *,
+    simplex_tol: float,
+    map_colsum: np.ndarray | None = None,
+) -> None:
+    """Multiplicative update of ``W`` in place (every model with a ``G W H`` part).
+
+    KL: ``W <- W (G^T R H^T) / (G^T 1 1^T H^T + nu)``; Frobenius:
+    ``W <- W (G^T X H^T) / (G^T G W H H^T + nu)``, with ``w_negative`` the
+    ``R^T A`` (``X^T A``) of the pass over the data; ``nu`` makes the free
+    entries of each column sum to one when ``simplex_W``. ``map_colsum``
+    replaces ``H 1`` in the KL denominator (PNMF: the posterior mean maps).
+    """
+    G, W, A = problem.G, state.W, state.A
+    negative = w_negative if G is None else G.T @ w_negative
+    if problem.loss == "l2":
+        GtG_W = W if G is None else problem.GtG @ W
+        positive = GtG_W @ (A.T @ A)
+    else:
+        g_sum = 1.0 if G is None else problem.G_colsum
+        colsum = A.sum(axis=0) if map_colsum is None else map_colsum.astype(W.dtype)
+        positive = np.broadcast_to(g_sum, (W.shape[0],))[:, None] * colsum[None, :]
+    free = problem.simplex_free_W() if problem.simplex_W else None
+    new = kernels.mu_update(
+        W.T,
+        negative.T,
+        positive.T,
+        floor=problem.floor,
+        simplex=problem.simplex_W,
+        free=None if free is None else free.T,
+        tol=simplex_tol,
+    ).T
+    if problem.fixed.W_mask is not None:
+        new = np.where(problem.fixed.W_mask, problem.fixed.W_values, new)
+    W[...] = new
+
+
+def data_term(problem: Problem, A: np.ndarray, D: np.ndarray) -> float:
+    """The data term (KL or Frobenius) of the model ``A D^T``, one pass over the data."""
+    result = kernels.data_pass(
+        problem.data,
+        A,
+        D,
+        loss=problem.loss,
+        need_w_terms=False,
+        x_constants=problem.x_constants,
+    )
+    return result.data_loss
+
+
+RngFactory = Callable[[], np.random.Generator]
