@@ -44,7 +44,7 @@ def positive_float(name: str, value) -> float:
     return float(value)
 
 
-def shape_2d(value, name: str = "shape_2d") -> tuple[int, int]:
+def check_shape_2d(value, name: str = "shape_2d") -> tuple[int, int]:
     """``(ny, nx)``: a pair of positive integers."""
     try:
         pair = tuple(value)

@@ -10,12 +10,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from scipy.special import xlogy
 
-
-def _as_2d(name: str, array) -> np.ndarray:
-    arr = np.asarray(array, dtype=np.float64)
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array, got {arr.ndim} dimension(s).")
-    return arr
+from ._validation import array_2d as _as_2d
 
 
 def spectral_angles(true_spectra, est_spectra) -> np.ndarray:
