@@ -8,10 +8,11 @@ fit with ``G`` can be checked element by element.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .._validation import check_shape_2d, composition_rows, positive_float, positive_int
 from ..models import EDXModel, LabelledG
@@ -89,10 +90,10 @@ class EDXSpectrumImage(SyntheticSpectrumImage):
 
 
 def make_edx_spectrum_image(
-    elements=DEFAULT_ELEMENTS,
-    fractions=None,
+    elements: Sequence[str] = DEFAULT_ELEMENTS,
+    fractions: ArrayLike | None = None,
     *,
-    shape_2d=(80, 80),
+    shape_2d: tuple[int, int] = (80, 80),
     beam_energy: float = 200.0,
     energy_offset: float = 0.2,
     energy_scale: float = 0.01,
@@ -100,8 +101,8 @@ def make_edx_spectrum_image(
     counts_per_pixel: float = 200.0,
     background_fraction: float = 0.2,
     map_kind: str = "discs",
-    seed=0,
-    model_kwargs: dict | None = None,
+    seed: int | np.random.Generator | None = 0,
+    model_kwargs: Mapping | None = None,
 ) -> EDXSpectrumImage:
     r"""A Poisson EDX spectrum image with known phases, maps and element fractions.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from .._validation import check_shape_2d, finite_float, positive_float, positive_int
 from ..measures import spectral_angles
@@ -42,13 +43,13 @@ class SyntheticSpectrumImage:
         """Noise-free counts ``counts_per_pixel * spectra @ maps`` (n, p)."""
         return self.counts_per_pixel * self.spectra @ self.maps
 
-    def angles(self, spectra) -> np.ndarray:
+    def angles(self, spectra: ArrayLike) -> np.ndarray:
         """Matched angles (degrees) of estimated spectra ``(n, k)`` to the true ones."""
         from ..measures import matched_angles
 
         return matched_angles(self.spectra, spectra)
 
-    def map_errors(self, spectra, maps) -> np.ndarray:
+    def map_errors(self, spectra: ArrayLike, maps: ArrayLike) -> np.ndarray:
         """Matched mean squared errors of estimated abundances, per true phase.
 
         ``spectra`` ``(n, k)`` and ``maps`` ``(k, p)`` are a factorisation of
@@ -94,7 +95,7 @@ class SyntheticSpectrumImage:
 
 
 def make_spectra(
-    n_channels: int, n_phases: int, energy: np.ndarray, rng: np.random.Generator
+    n_channels: int, n_phases: int, energy: ArrayLike, rng: np.random.Generator
 ) -> np.ndarray:
     """Phase spectra ``(n, k)``: Gaussian peaks over a decaying background, columns sum to 1.
 
@@ -142,15 +143,15 @@ def make_spectra(
 
 
 def make_spectrum_image(
-    shape_2d=(80, 80),
+    shape_2d: tuple[int, int] = (80, 80),
     n_channels: int = 1980,
     n_phases: int = 3,
     counts_per_pixel: float = 500.0,
     energy_offset: float = 0.2,
     energy_scale: float = 0.01,
     map_kind: str = "discs",
-    seed=None,
-    dtype=np.float64,
+    seed: int | np.random.Generator | None = None,
+    dtype: DTypeLike = np.float64,
 ) -> SyntheticSpectrumImage:
     """A Poisson spectrum image with known spectra and maps.
 

@@ -68,6 +68,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.special import erf
 
 from .._validation import finite_float, non_negative_int, positive_float, positive_int
@@ -233,17 +234,17 @@ class EDXModel:
         """Channel energies (keV): ``energy_offset + i * energy_scale``."""
         return self.energy_offset + self.energy_scale * np.arange(self.n_channels)
 
-    def transmission(self, energy) -> np.ndarray:
+    def transmission(self, energy: ArrayLike) -> np.ndarray:
         """Fraction of the X-rays at ``energy`` (keV) leaving the sample (1: thin film)."""
         if self.mass_thickness is None:
             return np.ones_like(np.asarray(energy, dtype=np.float64))
         return film_transmission(energy, self.mass_thickness, self.take_off_angle, self.absorber_)
 
-    def detection(self, energy) -> np.ndarray:
+    def detection(self, energy: ArrayLike) -> np.ndarray:
         """Detector efficiency times sample transmission at ``energy`` (keV)."""
         return self.efficiency(energy) * self.transmission(energy)
 
-    def efficiency(self, energy) -> np.ndarray:
+    def efficiency(self, energy: ArrayLike) -> np.ndarray:
         """Detector efficiency at ``energy`` (keV): the curve chosen by ``detector_efficiency``.
 
         Raises

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .._validation import composition_rows
 
@@ -58,7 +59,7 @@ def elements_database():
     return elements
 
 
-def is_known_element(element) -> bool:
+def is_known_element(element: object) -> bool:
     """Whether ``element`` is a symbol of exspy's elements database."""
     return isinstance(element, str) and element in elements_database()
 
@@ -108,7 +109,7 @@ def atomic_weights(elements: Sequence[str]) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ fractions
-def _composition(fractions, elements: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+def _composition(fractions: ArrayLike, elements: Sequence[str]) -> tuple[np.ndarray, list[str]]:
     """Checked ``(k, n_elements)`` fractions and the element list (all known)."""
     elements = [elements] if isinstance(elements, str) else list(elements)
     for element in elements:
@@ -116,7 +117,7 @@ def _composition(fractions, elements: Sequence[str]) -> tuple[np.ndarray, list[s
     return composition_rows("fractions", fractions, len(elements), allow_1d=True), elements
 
 
-def atomic_to_weight_fractions(fractions, elements: Sequence[str]) -> np.ndarray:
+def atomic_to_weight_fractions(fractions: ArrayLike, elements: Sequence[str]) -> np.ndarray:
     r"""Weight fractions from atomic fractions (exspy's ``atomic_to_weight``).
 
     .. math:: w_{re} = \frac{x_{re} A_e}{\sum_{e'} x_{re'} A_{e'}}
@@ -141,7 +142,7 @@ def atomic_to_weight_fractions(fractions, elements: Sequence[str]) -> np.ndarray
     return np.asarray(atomic_to_weight(fractions.T, elements), dtype=np.float64).T / 100.0
 
 
-def weight_to_atomic_fractions(fractions, elements: Sequence[str]) -> np.ndarray:
+def weight_to_atomic_fractions(fractions: ArrayLike, elements: Sequence[str]) -> np.ndarray:
     r"""Atomic fractions from weight fractions (exspy's ``weight_to_atomic``).
 
     The inverse of :func:`atomic_to_weight_fractions`:
@@ -166,7 +167,7 @@ def weight_to_atomic_fractions(fractions, elements: Sequence[str]) -> np.ndarray
 
 
 # ------------------------------------------------------------------- detector
-def default_detector_efficiency(energy) -> np.ndarray:
+def default_detector_efficiency(energy: ArrayLike) -> np.ndarray:
     r"""Generic SDD efficiency: window absorption and crystal transparency.
 
     .. math:: \epsilon(E) = e^{-(0.25 / E)^{2.5}} \left(1 - e^{-(15 / E)^3}\right),
@@ -186,7 +187,7 @@ def default_detector_efficiency(energy) -> np.ndarray:
     return np.exp(-((0.25 / energy) ** 2.5)) * (1.0 - np.exp(-((15.0 / energy) ** 3)))
 
 
-def fwhm_at(energy, fwhm_mn_ka: float = 0.130) -> np.ndarray:
+def fwhm_at(energy: ArrayLike, fwhm_mn_ka: float = 0.130) -> np.ndarray:
     r"""Detector resolution FWHM (keV) at ``energy`` (keV), Fiori & Newbury.
 
     .. math:: \mathrm{FWHM}(E)^2 = \mathrm{FWHM}_{MnK\alpha}^2
@@ -259,7 +260,7 @@ def family_yield(element: str, family: str, beam_energy: float) -> float:
 
 # ----------------------------------------------------------------- absorption
 def film_transmission(
-    energy, mass_thickness: float, take_off_angle: float, absorber: Mapping[str, float]
+    energy: ArrayLike, mass_thickness: float, take_off_angle: float, absorber: Mapping[str, float]
 ) -> np.ndarray:
     r"""Fraction of the X-rays generated uniformly through a film that leave it.
 
