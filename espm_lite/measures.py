@@ -7,18 +7,14 @@ Hungarian algorithm; maps by mean squared error after the same matching.
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.optimize import linear_sum_assignment
 from scipy.special import xlogy
 
-
-def _as_2d(name: str, array) -> np.ndarray:
-    arr = np.asarray(array, dtype=np.float64)
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array, got {arr.ndim} dimension(s).")
-    return arr
+from ._validation import array_2d as _as_2d
 
 
-def spectral_angles(true_spectra, est_spectra) -> np.ndarray:
+def spectral_angles(true_spectra: ArrayLike, est_spectra: ArrayLike) -> np.ndarray:
     """Angles in degrees between every true and every estimated spectrum.
 
     Parameters
@@ -46,7 +42,7 @@ def spectral_angles(true_spectra, est_spectra) -> np.ndarray:
     return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
 
 
-def match_components(true_spectra, est_spectra) -> np.ndarray:
+def match_components(true_spectra: ArrayLike, est_spectra: ArrayLike) -> np.ndarray:
     """Index of the estimated column matched to each true column.
 
     The matching is one-to-one and minimises the sum of the spectral angles
@@ -79,7 +75,7 @@ def _assign(cost: np.ndarray, est_name: str) -> np.ndarray:
     return order
 
 
-def matched_angles(true_spectra, est_spectra) -> np.ndarray:
+def matched_angles(true_spectra: ArrayLike, est_spectra: ArrayLike) -> np.ndarray:
     """Angle of each true spectrum with its matched estimate.
 
     Parameters
@@ -99,7 +95,11 @@ def matched_angles(true_spectra, est_spectra) -> np.ndarray:
 
 
 def matched_map_errors(
-    true_maps, est_maps, true_spectra=None, est_spectra=None, normalize: bool = True
+    true_maps: ArrayLike,
+    est_maps: ArrayLike,
+    true_spectra: ArrayLike | None = None,
+    est_spectra: ArrayLike | None = None,
+    normalize: bool = True,
 ) -> np.ndarray:
     """Mean squared error of each true map with its matched estimated map.
 
@@ -159,7 +159,7 @@ def matched_map_errors(
     return np.mean((Ht - He) ** 2, axis=1)
 
 
-def kl_divergence(X, Y) -> float:
+def kl_divergence(X: ArrayLike, Y: ArrayLike) -> float:
     """Generalised Kullback-Leibler divergence of ``Y`` from ``X``.
 
     Parameters

@@ -26,9 +26,15 @@ Weight fractions replace ``f_i`` by ``f_i / A_i`` (``A_i`` the atomic weight).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import ArrayLike
+
+if TYPE_CHECKING:
+    from .models import LabelledG
 
 FRACTION_KINDS = ("atomic", "weight")
 
@@ -101,13 +107,13 @@ def _fractions_and_sd(counts: np.ndarray, factors: np.ndarray) -> tuple[np.ndarr
 
 
 def concentration_table(
-    W: np.ndarray,
-    H: np.ndarray,
-    G,
+    W: ArrayLike,
+    H: ArrayLike,
+    G: LabelledG,
     *,
     kind: str = "atomic",
-    atomic_weights: np.ndarray | None = None,
-    phase_names=None,
+    atomic_weights: ArrayLike | None = None,
+    phase_names: Sequence[str] | None = None,
 ) -> ConcentrationTable:
     """Element fractions per phase from a fit ``X ~ G W H`` with a labelled ``G``.
 
@@ -166,7 +172,15 @@ def concentration_table(
     return ConcentrationTable(elements, names, fractions, sd, counts, kind)
 
 
-def plot_element_contributions(W, H, G, energy, *, phases=None, axes=None):
+def plot_element_contributions(
+    W: ArrayLike,
+    H: ArrayLike,
+    G: LabelledG,
+    energy: ArrayLike,
+    *,
+    phases: Sequence[int] | None = None,
+    axes=None,
+):
     """Each phase spectrum with its element and background contributions stacked.
 
     Parameters

@@ -6,7 +6,8 @@ atomic fractions (element rows, on the simplex) and its bremsstrahlung
 weights (background rows, free).
 
 Physical model and its simplifications (a "lite" model, documented so that
-its limits are known):
+its limits are known; the formulas that do not depend on the energy axis are in
+:mod:`espm_lite.models.xray_physics`):
 
 * **Lines.** Energies and relative weights from exspy's elements database
   (``exspy.material.elements``). exspy's weights are relative within one
@@ -19,10 +20,9 @@ its limits are known):
 * **Peak shape.** A Gaussian per line, integrated over each channel (erf
   differences, so a peak narrower than a channel keeps its area), with the
   detector resolution ``FWHM(E)^2 = FWHM_MnKa^2 + 2.5 eV (E - 5898.7 eV)``
-  (Fiori & Newbury; the formula of exspy's ``get_FWHM_at_Energy``,
-  implemented here, same values), floored at 30 % of FWHM_MnKa at very low
-  energy; FWHM_MnKa 130 eV by default. No escape or sum peaks, no
-  incomplete-charge tail, no natural line width.
+  (Fiori & Newbury; computed by exspy's ``get_FWHM_at_Energy``), floored
+  at 30 % of FWHM_MnKa at very low energy; FWHM_MnKa 130 eV by default.
+  No escape or sum peaks, no incomplete-charge tail, no natural line width.
 * **Element factor** ``f_e`` (expected detected characteristic counts per
   unit atomic fraction, relative): a thin-film model, the sum over the kept
   lines of ``omega_F(Z) Q_F(U) (w_l / sum_F w) eff(E_l)``, with the
@@ -65,175 +65,43 @@ its limits are known):
 from __future__ import annotations
 
 import logging
-import numbers
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.special import erf
 
+from .._validation import finite_float, non_negative_int, positive_float, positive_int
 from .known_matrix import LabelledG
+from .xray_physics import (
+    FAMILY_SHELL,
+    FLUORESCENCE_A,
+    MN_KA,
+    atomic_to_weight_fractions,
+    atomic_weights,
+    critical_energy,
+    default_detector_efficiency,
+    family_yield,
+    film_transmission,
+    fwhm_at,
+    is_known_element,
+    weight_to_atomic_fractions,
+    xray_lines,
+)
+
+__all__ = [
+    "FAMILY_SHELL",
+    "FLUORESCENCE_A",
+    "MN_KA",
+    "EDXModel",
+    "atomic_to_weight_fractions",
+    "atomic_weights",
+    "default_detector_efficiency",
+    "fwhm_at",
+    "weight_to_atomic_fractions",
+]
 
 logger = logging.getLogger(__name__)
-
-#: Energy (keV) of Mn Kα, the reference of the detector resolution.
-MN_KA = 5.8987
-#: Fluorescence-yield constants ``a`` of ``Z^4 / (a + Z^4)`` per line family.
-FLUORESCENCE_A = {"K": 1.12e6, "L": 1.0e8, "M": 1.0e9}
-#: Shells (first found in exspy's ``Binding_energies``) giving each family's critical energy.
-FAMILY_SHELL = {"K": ("K",), "L": ("L3", "L23"), "M": ("M5", "M45")}
-#: Critical energy / highest line energy of the family, where exspy has no binding energy.
-_FALLBACK_EDGE_RATIO = 1.01
-
-
-def _database():
-    from exspy.material import elements
-
-    return elements
-
-
-def _element_entry(element: str):
-    db = _database()
-    if not isinstance(element, str) or element not in db:
-        raise ValueError(f"Unknown element {element!r}: not in exspy's elements database.")
-    return db[element]
-
-
-def _xray_lines(element: str) -> dict[str, tuple[float, float]]:
-    """``{line: (energy keV, weight)}`` of ``element`` in exspy's database (may be empty)."""
-    atomic = _element_entry(element).Atomic_properties
-    if not atomic.has_item("Xray_lines"):
-        return {}
-    lines = atomic.Xray_lines
-    return {
-        name: (float(lines[name]["energy (keV)"]), float(lines[name]["weight"]))
-        for name in lines.keys()
-    }
-
-
-def atomic_weights(elements: Sequence[str]) -> np.ndarray:
-    """Atomic weights (g/mol) of ``elements`` from exspy's database.
-
-    Parameters
-    ----------
-    elements : sequence of str
-
-    Returns
-    -------
-    ndarray (len(elements),) float64
-    """
-    if isinstance(elements, str):
-        elements = [elements]
-    return np.array(
-        [float(_element_entry(e).General_properties.atomic_weight) for e in elements],
-        dtype=np.float64,
-    )
-
-
-def _fractions(fractions, elements: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    fractions = np.atleast_2d(np.asarray(fractions, dtype=np.float64))
-    weights = atomic_weights(elements)
-    if fractions.ndim != 2 or fractions.shape[1] != weights.size:
-        raise ValueError(
-            f"fractions must have one column per element ({weights.size}), "
-            f"got shape {fractions.shape}."
-        )
-    if not np.all(np.isfinite(fractions)) or np.any(fractions < 0):
-        raise ValueError("fractions must be finite and non-negative.")
-    if np.any(fractions.sum(axis=1) <= 0):
-        raise ValueError("every row of fractions must have a positive sum.")
-    return fractions, weights
-
-
-def atomic_to_weight_fractions(fractions, elements: Sequence[str]) -> np.ndarray:
-    r"""Weight fractions from atomic fractions.
-
-    .. math:: w_{re} = \frac{x_{re} A_e}{\sum_{e'} x_{re'} A_{e'}}
-
-    with ``A_e`` the atomic weight of element ``e``.
-
-    Parameters
-    ----------
-    fractions : array-like (k, n_elements) or (n_elements,)
-        Atomic fractions, one row per phase (rows need not sum to 1).
-    elements : sequence of str
-        The element of each column.
-
-    Returns
-    -------
-    ndarray (k, n_elements)
-        Weight fractions, each row sums to 1.
-    """
-    fractions, weights = _fractions(fractions, elements)
-    mass = fractions * weights
-    return mass / mass.sum(axis=1, keepdims=True)
-
-
-def weight_to_atomic_fractions(fractions, elements: Sequence[str]) -> np.ndarray:
-    r"""Atomic fractions from weight fractions, the inverse of :func:`atomic_to_weight_fractions`.
-
-    .. math:: x_{re} = \frac{w_{re} / A_e}{\sum_{e'} w_{re'} / A_{e'}}
-
-    Parameters
-    ----------
-    fractions : array-like (k, n_elements) or (n_elements,)
-        Weight fractions, one row per phase.
-    elements : sequence of str
-
-    Returns
-    -------
-    ndarray (k, n_elements)
-        Atomic fractions, each row sums to 1.
-    """
-    fractions, weights = _fractions(fractions, elements)
-    moles = fractions / weights
-    return moles / moles.sum(axis=1, keepdims=True)
-
-
-def default_detector_efficiency(energy) -> np.ndarray:
-    r"""Generic SDD efficiency: window absorption and crystal transparency.
-
-    .. math:: \epsilon(E) = e^{-(0.25 / E)^{2.5}} \left(1 - e^{-(15 / E)^3}\right),
-              \quad E \text{ in keV}
-
-    Parameters
-    ----------
-    energy : array-like
-        keV.
-
-    Returns
-    -------
-    ndarray
-        In ``[0, 1]``; 0 at and below 0 keV.
-    """
-    energy = np.maximum(np.asarray(energy, dtype=np.float64), 1e-6)
-    return np.exp(-((0.25 / energy) ** 2.5)) * (1.0 - np.exp(-((15.0 / energy) ** 3)))
-
-
-def fwhm_at(energy, fwhm_mn_ka: float = 0.130) -> np.ndarray:
-    r"""Detector resolution FWHM (keV) at ``energy`` (keV), Fiori & Newbury.
-
-    .. math:: \mathrm{FWHM}(E)^2 = \mathrm{FWHM}_{MnK\alpha}^2
-              + 2.5\times10^{-3}\,\mathrm{keV}\,(E - 5.8987\,\mathrm{keV})
-
-    (2.5 eV times the energy difference in eV, in keV^2), the formula of
-    exspy's ``get_FWHM_at_Energy``, floored at 30 % of ``FWHM_MnKa`` (the
-    formula would go to zero at very low energy).
-
-    Parameters
-    ----------
-    energy : array-like
-        keV.
-    fwhm_mn_ka : float, default=0.130
-        keV.
-
-    Returns
-    -------
-    ndarray
-        keV.
-    """
-    energy = np.asarray(energy, dtype=np.float64)
-    squared = fwhm_mn_ka**2 + 2.5e-3 * (energy - MN_KA)
-    return np.sqrt(np.maximum(squared, (0.3 * fwhm_mn_ka) ** 2))
 
 
 class EDXModel:
@@ -338,29 +206,17 @@ class EDXModel:
             raise TypeError(f"elements must be symbols (str), got {not_str}.")
         if len(set(elements)) != len(elements):
             raise ValueError(f"elements must be unique, got {list(elements)}.")
-        unknown = [e for e in elements if e not in _database()]
+        unknown = [e for e in elements if not is_known_element(e)]
         if unknown:
             raise ValueError(f"Unknown elements {unknown}: not in exspy's elements database.")
         self.elements = tuple(elements)
-        self.beam_energy = _positive("beam_energy", beam_energy)
-        self.energy_offset = _real("energy_offset", energy_offset)
-        self.energy_scale = _positive("energy_scale", energy_scale)
-        if (
-            isinstance(n_channels, bool)
-            or not isinstance(n_channels, numbers.Integral)
-            or n_channels < 1
-        ):
-            raise ValueError(f"n_channels must be a positive integer, got {n_channels!r}.")
-        self.n_channels = int(n_channels)
-        self.fwhm_mn_ka = _positive("fwhm_mn_ka", fwhm_mn_ka)
-        if (
-            isinstance(n_background, bool)
-            or not isinstance(n_background, numbers.Integral)
-            or n_background < 0
-        ):
-            raise ValueError(f"n_background must be an integer >= 0, got {n_background!r}.")
-        self.n_background = int(n_background)
-        self.min_line_weight = _real("min_line_weight", min_line_weight)
+        self.beam_energy = positive_float("beam_energy", beam_energy)
+        self.energy_offset = finite_float("energy_offset", energy_offset)
+        self.energy_scale = positive_float("energy_scale", energy_scale)
+        self.n_channels = positive_int("n_channels", n_channels)
+        self.fwhm_mn_ka = positive_float("fwhm_mn_ka", fwhm_mn_ka)
+        self.n_background = non_negative_int("n_background", n_background)
+        self.min_line_weight = finite_float("min_line_weight", min_line_weight)
         if not 0 <= self.min_line_weight < 1:
             raise ValueError(f"min_line_weight must be in [0, 1), got {min_line_weight!r}.")
         if not (isinstance(detector_efficiency, bool) or callable(detector_efficiency)):
@@ -378,27 +234,17 @@ class EDXModel:
         """Channel energies (keV): ``energy_offset + i * energy_scale``."""
         return self.energy_offset + self.energy_scale * np.arange(self.n_channels)
 
-    def transmission(self, energy) -> np.ndarray:
+    def transmission(self, energy: ArrayLike) -> np.ndarray:
         """Fraction of the X-rays at ``energy`` (keV) leaving the sample (1: thin film)."""
-        energy = np.asarray(energy, dtype=np.float64)
         if self.mass_thickness is None:
-            return np.ones_like(energy)
-        from exspy.material import mass_absorption_mixture
+            return np.ones_like(np.asarray(energy, dtype=np.float64))
+        return film_transmission(energy, self.mass_thickness, self.take_off_angle, self.absorber_)
 
-        elements = list(self.absorber_)
-        percent = [100.0 * self.absorber_[e] for e in elements]
-        flat = np.atleast_1d(energy).ravel()
-        mu = np.asarray(mass_absorption_mixture(percent, elements, list(flat)), dtype=np.float64)
-        chi = mu * self.mass_thickness / np.sin(np.radians(self.take_off_angle))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out = np.where(chi > 1e-12, -np.expm1(-chi) / chi, 1.0)
-        return out.reshape(energy.shape)
-
-    def detection(self, energy) -> np.ndarray:
+    def detection(self, energy: ArrayLike) -> np.ndarray:
         """Detector efficiency times sample transmission at ``energy`` (keV)."""
         return self.efficiency(energy) * self.transmission(energy)
 
-    def efficiency(self, energy) -> np.ndarray:
+    def efficiency(self, energy: ArrayLike) -> np.ndarray:
         """Detector efficiency at ``energy`` (keV): the curve chosen by ``detector_efficiency``.
 
         Raises
@@ -474,11 +320,11 @@ class EDXModel:
         so lines out of range take their share with them).
         """
         family_weight: dict[str, float] = {}
-        for name, (_, weight) in _xray_lines(element).items():
+        for name, (_, weight) in xray_lines(element).items():
             family_weight[name[0]] = family_weight.get(name[0], 0.0) + weight
         return np.array(
             [
-                self._family_yield(element, name[0])
+                family_yield(element, name[0], self.beam_energy)
                 * weight
                 / family_weight[name[0]]
                 * float(self.detection(energy))
@@ -517,17 +363,17 @@ class EDXModel:
             if absorber is not None:
                 raise ValueError("absorber needs mass_thickness (g/cm^2).")
             return
-        self.mass_thickness = _positive("mass_thickness", mass_thickness)
+        self.mass_thickness = positive_float("mass_thickness", mass_thickness)
         if take_off_angle is None:
             raise ValueError("mass_thickness needs take_off_angle (degrees).")
-        self.take_off_angle = _positive("take_off_angle", take_off_angle)
+        self.take_off_angle = positive_float("take_off_angle", take_off_angle)
         if not self.take_off_angle < 90:
             raise ValueError(f"take_off_angle must be in (0, 90) degrees, got {take_off_angle!r}.")
         if absorber is None:
             absorber = {e: 1.0 for e in self.elements}
         if not isinstance(absorber, Mapping) or not absorber:
             raise TypeError(f"absorber must be a mapping element -> weight, got {absorber!r}.")
-        unknown = [e for e in absorber if not isinstance(e, str) or e not in _database()]
+        unknown = [e for e in absorber if not is_known_element(e)]
         if unknown:
             raise ValueError(f"absorber has unknown elements {unknown}.")
         weights = {e: float(w) for e, w in absorber.items()}
@@ -542,7 +388,7 @@ class EDXModel:
         low = self.energy_offset - 0.5 * self.energy_scale
         high = self.energy_offset + (self.n_channels - 0.5) * self.energy_scale
         kept = []
-        for name, (energy, weight) in _xray_lines(element).items():
+        for name, (energy, weight) in xray_lines(element).items():
             if weight < self.min_line_weight:
                 logger.debug("%s %s (%.4g keV): weight %.3g dropped", element, name, energy, weight)
             elif not low <= energy <= high:
@@ -558,14 +404,14 @@ class EDXModel:
                 logger.debug(
                     "%s %s at %.4g keV is above the beam energy: dropped", element, name, energy
                 )
-            elif self._critical_energy(element, name[0]) >= self.beam_energy:
+            elif critical_energy(element, name[0]) >= self.beam_energy:
                 logger.debug(
                     "%s %s at %.4g keV: its shell (critical energy %.4g keV) is not ionised by "
                     "the beam: dropped",
                     element,
                     name,
                     energy,
-                    self._critical_energy(element, name[0]),
+                    critical_energy(element, name[0]),
                 )
             else:
                 kept.append((name, energy, weight))
@@ -603,42 +449,3 @@ class EDXModel:
     def _thin_film_factor(self, element: str) -> float:
         """Detected characteristic counts per unit atomic fraction (relative, thin film)."""
         return float(self._line_intensities(element).sum())
-
-    @staticmethod
-    def _critical_energy(element: str, family: str) -> float:
-        """Critical ionisation energy (keV) of ``family`` of ``element`` (see the module)."""
-        atomic = _element_entry(element).Atomic_properties
-        if atomic.has_item("Binding_energies"):
-            binding = atomic.Binding_energies
-            for shell in FAMILY_SHELL.get(family, ()):
-                if binding.has_item(shell):
-                    return float(binding[shell]["onset_energy (eV)"]) / 1000.0
-        family_energies = [e for name, (e, _) in _xray_lines(element).items() if name[0] == family]
-        return _FALLBACK_EDGE_RATIO * max(family_energies)
-
-    def _family_yield(self, element: str, family: str) -> float:
-        """``omega(Z) Q(U)`` of a line family: X-rays emitted per atom, relative."""
-        z = float(_element_entry(element).General_properties.Z)
-        omega = z**4 / (FLUORESCENCE_A.get(family, FLUORESCENCE_A["M"]) + z**4)
-        critical = self._critical_energy(element, family)
-        overvoltage = self.beam_energy / critical
-        if overvoltage <= 1:
-            return 0.0
-        return float(omega * np.log(overvoltage) / (overvoltage * critical**2))
-
-
-def _positive(name: str, value) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not np.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"{name} must be a positive number, got {value!r}.")
-    return float(value)
-
-
-def _real(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}.")
-    return float(value)
