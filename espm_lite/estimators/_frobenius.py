@@ -16,8 +16,8 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from .. import _kernels as kernels
 from .. import _least_squares as lsq
+from .. import kernels
 from .._initialization import kmeans_factors
 from .base import FitState, NMFEstimator
 

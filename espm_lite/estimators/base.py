@@ -25,7 +25,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, check_non_negative, validate_data
 from tqdm.auto import tqdm
 
-from .. import _kernels as kernels
+from .. import kernels
 from .._initialization import INIT_METHODS, initial_factors, project_on_G
 from ..measures import matched_angles, matched_map_errors
 
@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class FitState:
-    """Working variables of one fit, in the internal layout (see ``_kernels``).
+    """Working variables of one fit, in the internal layout (see ``kernels``).
 
     Attributes
     ----------
@@ -46,7 +46,7 @@ class FitState:
     G : ndarray (n, m) or None (identity)
     data : ndarray, SparseData or DensifiedRows
         ``X`` in the form the passes over the data use (see
-        :func:`espm_lite._kernels.prepare_data`); defaults to ``X``.
+        :func:`espm_lite.kernels.prepare_data`); defaults to ``X``.
     """
 
     X: Any
@@ -176,7 +176,7 @@ class NMFEstimator(
         the non-zero entries of ``X``: an iteration costs ``O(nnz k)`` instead
         of ``O(n p k)``.  ``"auto"``: ``scipy.sparse`` input takes the sparse
         path; dense input takes it when its fraction of non-zero entries is
-        below :data:`espm_lite._kernels.SPARSE_DENSITY_THRESHOLD` (0.18 in
+        below :data:`espm_lite.kernels.SPARSE_DENSITY_THRESHOLD` (0.18 in
         float64; ``SPARSE_DENSITY_THRESHOLD_FLOAT32``, 0.09, in float32), where
         the sparse path is the faster one (it is then converted to CSR once
         per fit, ``O(nnz)`` memory). A float replaces that threshold.

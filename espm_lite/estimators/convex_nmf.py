@@ -7,8 +7,8 @@ import numbers
 import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from .. import _kernels as kernels
 from .. import _least_squares as lsq
+from .. import kernels
 from ._frobenius import MAP_SWEEPS, SPARSITY_CONSTRAINT, FrobeniusNMF, sqrt_update
 from .base import FitState
 

@@ -1,6 +1,6 @@
 r"""PNMF: Poisson factorisation with log-normal abundances, fitted by variational inference.
 
-Model (internal layout of :mod:`espm_lite._kernels`: ``X`` is ``(p, n)``, pixels x channels)
+Model (internal layout of :mod:`espm_lite.kernels`: ``X`` is ``(p, n)``, pixels x channels)
 
 .. math::
 
@@ -27,7 +27,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from .. import _kernels as kernels
+from .. import kernels
 from ..measures import matched_angles, matched_map_errors
 from .base import FitState, NMFEstimator
 
@@ -200,7 +200,7 @@ class PNMF(NMFEstimator):
 
     **Updates** (each one increases the objective; with ``A = e^{mu}``, or
     ``A^s = e^{F^s}`` per draw, and ``R = X / (A D^T)``, computed only where
-    ``X > 0`` on sparse data by :func:`espm_lite._kernels.data_pass`):
+    ``X > 0`` on sparse data by :func:`espm_lite.kernels.data_pass`):
 
     1. minorise the log-sum by Jensen with weights
        ``phi_ijl ∝ D_jl A_il``, tangent at the current point; the terms in

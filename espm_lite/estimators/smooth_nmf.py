@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from .. import _kernels as kernels
+from .. import kernels
 from .base import FitState, NMFEstimator
 
 #: Strength of the proximal term of the Laplacian surrogates (>= the norm bound 8).
