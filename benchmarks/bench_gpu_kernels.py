@@ -3,7 +3,7 @@
 Run ``python benchmarks/bench_gpu_kernels.py [--size 256 256] [--channels 2048]
 [--iters 30]``.
 
-The kernels of :mod:`espm_lite._kernels` are written against the array API;
+The kernels of :mod:`espm_lite.kernels` are written against the array API;
 this script runs the same multiplicative KL iterations (maps and spectra,
 simplex on the spectra) with NumPy arrays and, when installed with a GPU,
 CuPy and PyTorch CUDA arrays, from the same start on the same phantom. It
@@ -20,7 +20,7 @@ import time
 import numpy as np
 from array_api_compat import array_namespace
 
-from espm_lite import _kernels as kernels
+from espm_lite import kernels
 from espm_lite.datasets import make_spectrum_image
 
 

@@ -13,7 +13,7 @@ Tables printed, every row measured in the same run on the same data:
 2. Scaling: time per iteration against counts per pixel at a fixed size
    (80x80x1980, three phases), for both paths in float64 and float32 and
    scikit-learn on the CSR matrix; the density at which the two paths cross is
-   what :data:`espm_lite._kernels.SPARSE_DENSITY_THRESHOLD` is set from.
+   what :data:`espm_lite.kernels.SPARSE_DENSITY_THRESHOLD` is set from.
 
 Definitions
 -----------

@@ -25,7 +25,7 @@ from typing import Any, Literal
 import numpy as np
 import scipy.sparse as sp
 
-from . import _kernels as kernels
+from . import kernels
 
 logger = logging.getLogger(__name__)
 

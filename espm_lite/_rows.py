@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from . import _kernels as kernels
+from . import kernels
 
 #: ``update(rows, negative, positive, active) -> (new rows, change per row)``.
 RowUpdate = Callable[[slice, np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from espm_lite import _kernels as kernels
+from espm_lite import kernels
 
 xps = pytest.importorskip("array_api_strict")
 

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from espm_lite import SmoothNMF
-from espm_lite import _kernels as kernels
+from espm_lite import SmoothNMF, kernels
 from espm_lite.datasets import make_spectrum_image
 
 SHAPE = (6, 8)

@@ -17,7 +17,7 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, check_non_negative, validate_data
 
-from .. import _kernels as kernels
+from .. import kernels
 from .._initialization import INIT_METHODS
 from .._loop import History, run
 from .._monitor import truth_monitor
@@ -108,7 +108,7 @@ class NMFEstimator(
         the non-zero entries of ``X``: an iteration costs ``O(nnz k)`` instead
         of ``O(n p k)``.  ``"auto"``: ``scipy.sparse`` input takes the sparse
         path; dense input takes it when its fraction of non-zero entries is
-        below :data:`espm_lite._kernels.SPARSE_DENSITY_THRESHOLD` (0.18 in
+        below :data:`espm_lite.kernels.SPARSE_DENSITY_THRESHOLD` (0.18 in
         float64; ``SPARSE_DENSITY_THRESHOLD_FLOAT32``, 0.09, in float32), where
         the sparse path is the faster one (it is then converted to CSR once
         per fit, ``O(nnz)`` memory). A float replaces that threshold.

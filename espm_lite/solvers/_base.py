@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import _kernels as kernels
+from .. import kernels
 from .._initialization import initial_factors, project_on_G
 from .._problem import Problem
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import _kernels as kernels
 from .. import _least_squares as lsq
+from .. import kernels
 from .._initialization import kmeans_factors
 from .._problem import Problem
 from ._base import ArrayState, FitState, Result, RngFactory, Solver

@@ -20,7 +20,7 @@ import scipy.sparse as sp
 from scipy.special import gammaln
 from sklearn.utils import check_random_state
 
-from .. import _kernels as kernels
+from .. import kernels
 from .._problem import Problem
 from .._rows import least_squares_start, relative_change, solve_rows
 from ._base import FitState, Result, RngFactory, Solver, nonnegative_start, update_W

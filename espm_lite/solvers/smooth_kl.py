@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import _kernels as kernels
+from .. import kernels
 from .._problem import Problem
 from ._base import FitState, RngFactory, Solver, data_term, nonnegative_start, update_W
 

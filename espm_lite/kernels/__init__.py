@@ -1,0 +1,89 @@
+"""Shared numerical kernels of the espm_lite estimators.
+
+Every update term of DESIGN.md is written once here and used by all estimators:
+
+* the data terms (generalised Kullback-Leibler and Frobenius) evaluated in one
+  cache-friendly pass over the data, pixel block by pixel block
+  (:func:`data_pass`, module :mod:`espm_lite.kernels.data_pass`),
+* the forms of the data it takes, dense, sparse (:class:`SparseData`) or
+  sparse densified block by block (:class:`DensifiedRows`), and the choice
+  between them (:func:`choose_path`; module :mod:`espm_lite.kernels.sparse_data`),
+* the graph Laplacian of a pixel grid (:func:`grid_laplacian`; module
+  :mod:`espm_lite.kernels.laplacian`),
+* the exact simplex projection by bisection on a Lagrange multiplier
+  (:func:`bisect_multiplier`) and the multiplicative / quadratic-root /
+  projected-gradient updates of a non-negative factor (:func:`mu_update`,
+  :func:`quadratic_root_update`, :func:`projected_step`; module
+  :mod:`espm_lite.kernels.simplex`),
+* the array operations for any array-API namespace (:class:`ArrayOps`).
+
+Internal layout
+---------------
+All kernels work in the *pixels x channels* layout: the data ``X`` is
+``(p, n)`` (C-contiguous, or CSR when sparse), the maps are ``A = H^T``
+``(p, k)`` and the channel-space spectra ``D = G W`` ``(n, k)``, so that the
+model is ``Y = A D^T``.  A block of pixels is then a contiguous block of rows.
+
+The density thresholds of :func:`choose_path` are read from this namespace:
+set ``espm_lite.kernels.SPARSE_DENSITY_THRESHOLD`` to change them.
+"""
+
+from ._array_ops import ArrayOps
+from .data_pass import (
+    BLOCK_BYTES,
+    DEVICE_BLOCK_BYTES,
+    MapRule,
+    PassResult,
+    data_pass,
+    num_threads,
+    row_blocks,
+)
+from .laplacian import LAPLACIAN_NORM_BOUND, grid_laplacian
+from .simplex import bisect_multiplier, mu_update, projected_step, quadratic_root_update
+from .sparse_data import (
+    SPARSE_BLOCK_NNZ,
+    SPARSE_DENSITY_THRESHOLD,
+    SPARSE_DENSITY_THRESHOLD_FLOAT32,
+    DensifiedRows,
+    SparseData,
+    SparseRowBlock,
+    canonical_csr,
+    choose_path,
+    data_constants,
+    data_sum,
+    dense_block,
+    density,
+    prepare_data,
+    xlogx_sum,
+)
+
+__all__ = [
+    "BLOCK_BYTES",
+    "DEVICE_BLOCK_BYTES",
+    "LAPLACIAN_NORM_BOUND",
+    "SPARSE_BLOCK_NNZ",
+    "SPARSE_DENSITY_THRESHOLD",
+    "SPARSE_DENSITY_THRESHOLD_FLOAT32",
+    "ArrayOps",
+    "DensifiedRows",
+    "MapRule",
+    "PassResult",
+    "SparseData",
+    "SparseRowBlock",
+    "bisect_multiplier",
+    "canonical_csr",
+    "choose_path",
+    "data_constants",
+    "data_pass",
+    "data_sum",
+    "dense_block",
+    "density",
+    "grid_laplacian",
+    "mu_update",
+    "num_threads",
+    "prepare_data",
+    "projected_step",
+    "quadratic_root_update",
+    "row_blocks",
+    "xlogx_sum",
+]

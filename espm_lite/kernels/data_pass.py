@@ -1,0 +1,423 @@
+r"""One pass over the data: data term, map update and spectra-gradient terms.
+
+:func:`data_pass` evaluates the data terms (generalised Kullback-Leibler and
+Frobenius) in one cache-friendly pass over the data, pixel block by pixel
+block.  For each block ``b`` of pixels, with ``Y_b = A_b D^T``, it computes
+
+* the data term at the current iterate (KL: ``sum X log X - X log Y - X + Y``;
+  Frobenius: ``1/2 ||X - Y||^2``),
+* the negative/positive parts of the gradient of the data term in ``A_b``
+  (KL: ``R_b D`` and ``1^T D`` with ``R = X / Y``; Frobenius: ``X_b D`` and
+  ``A_b D^T D``), handed to ``map_rule`` which returns the new ``A_b``
+  (written into ``A`` in place),
+* with the new ``A_b``, the negative part of the gradient in ``D``
+  (KL: ``R'_b^T A_b``, Frobenius: ``X_b^T A_b``), summed over blocks.
+
+The two half-steps share one read of each data block while it is in cache, no
+``(n, p)`` temporary is formed, and the blocks are spread over
+:func:`num_threads` threads (NumPy and SciPy release the GIL in their kernels):
+each thread runs :func:`_dense_blocks` or :func:`_sparse_blocks` on every
+``threads``-th block, and the partial sums are added in thread order.
+
+Sparse path
+-----------
+With ``X`` a :class:`~espm_lite.kernels.SparseData` (or a sparse matrix) the
+model is evaluated only at the stored entries ``(i, j)`` of the block,
+
+.. math:: y_{ij} = \sum_l A_{il} D_{jl},
+
+the KL terms are ``-sum_ij x_ij log y_ij`` (``sum Y = 1^T D^T A 1`` and
+``sum X log X - sum X`` come from column sums and ``x_constants``), ``R`` is
+the CSR matrix of ``x_ij / y_ij`` with the structure of ``X``, and the products
+``R_b D``, ``R_b^T A_b``, ``(X / Y^2)_b`` times the Hessian rows, ``X_b D`` and
+``X_b^T A_b`` are sparse-times-dense: ``O(nnz k)`` time, no ``(rows, n)``
+buffer, the data never densified.  Both paths give the same results up to
+rounding.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+import scipy.sparse as sp
+from array_api_compat import array_namespace, device
+from threadpoolctl import ThreadpoolController
+
+from ._array_ops import ArrayOps
+from .sparse_data import SparseData, SparseRowBlock, dense_block
+
+#: Size in bytes of one block of data rows processed at once by :func:`data_pass`
+#: (NumPy: blocks that stay in cache, spread over threads).
+BLOCK_BYTES = 1 << 20
+#: The same for other array libraries (GPUs): large blocks, so that each kernel
+#: launch has enough work, within a bounded memory for the block temporaries.
+DEVICE_BLOCK_BYTES = 1 << 28
+
+
+def row_blocks(
+    n_rows: int, n_cols: int, itemsize: int, block_bytes: int = BLOCK_BYTES
+) -> list[slice]:
+    """Split ``range(n_rows)`` into contiguous blocks of about ``block_bytes``."""
+    size = max(1, block_bytes // max(1, n_cols * itemsize))
+    return [slice(start, min(start + size, n_rows)) for start in range(0, n_rows, size)]
+
+
+@dataclass
+class PassResult:
+    """What one pass over the data returns.
+
+    Attributes
+    ----------
+    data_loss : float or None
+        Data term at the iterate *before* the maps were updated (None if not asked).
+    w_negative : ndarray (n, k) or None
+        Negative part of the gradient in ``D`` at the updated maps:
+        ``R^T A`` (KL) or ``X^T A`` (Frobenius), before multiplication by ``G^T``.
+    """
+
+    data_loss: float | None
+    w_negative: np.ndarray | None
+
+
+MapRule = Callable[[slice, np.ndarray, np.ndarray, np.ndarray | None], np.ndarray]
+
+
+@dataclass(frozen=True)
+class _PassContext:
+    """What every block of one pass reads, set up once by :func:`_setup`.
+
+    Attributes
+    ----------
+    X : ndarray, SparseData or DensifiedRows (p, n)
+    A, D, Dt : arrays (p, k), (n, k), (k, n)
+        Maps (updated in place), spectra and their contiguous transpose.
+    loss, map_rule, need_w_terms, need_loss
+        As in :func:`data_pass`.
+    ops : ArrayOps
+    col_d : array (k,)
+        Column sums of ``D``.
+    gram_d : array (k, k) or None
+        ``D^T D`` (Frobenius).
+    outer_rows : array (n, k * k) or None
+        Rows ``D_i (x) D_i`` (KL curvature).
+    l2_curvature : float or None
+        Largest eigenvalue of ``D^T D`` (Frobenius curvature).
+    """
+
+    X: object
+    A: np.ndarray
+    D: np.ndarray
+    Dt: np.ndarray
+    loss: str
+    map_rule: MapRule | None
+    need_w_terms: bool
+    need_loss: bool
+    ops: ArrayOps
+    col_d: np.ndarray
+    gram_d: np.ndarray | None
+    outer_rows: np.ndarray | None
+    l2_curvature: float | None
+
+    @property
+    def xp(self):
+        return self.ops.xp
+
+    @property
+    def n(self) -> int:
+        return self.X.shape[1]
+
+    @property
+    def k(self) -> int:
+        return self.A.shape[1]
+
+    @property
+    def dtype(self):
+        return self.A.dtype
+
+
+def data_pass(
+    X,
+    A: np.ndarray,
+    D: np.ndarray,
+    *,
+    loss: str = "kl",
+    map_rule: MapRule | None = None,
+    need_curvature: bool = False,
+    need_w_terms: bool = True,
+    need_loss: bool = True,
+    x_constants: tuple[float, float] = (0.0, 0.0),
+) -> PassResult:
+    """One pass over the data: data term, map update and spectra-gradient terms.
+
+    See the module docstring of :mod:`espm_lite.kernels.data_pass` for what is
+    computed per block of pixels and for the sparse path.
+
+    Parameters
+    ----------
+    X : ndarray, sparse matrix, SparseData or DensifiedRows of shape (p, n)
+        Data, never written to.  A sparse matrix takes the sparse path (split
+        into blocks at each call: prefer a :class:`SparseData` made once).
+    A : ndarray of shape (p, k)
+        Maps, updated in place when ``map_rule`` is given.
+    D : ndarray of shape (n, k)
+        Spectra in channel space, all entries > 0.
+    loss : {"kl", "l2"}
+    map_rule : callable, optional
+        ``map_rule(rows, negative, positive, curvature) -> new A[rows]``; it
+        must only read ``A[rows]`` (other blocks may already be updated).
+    need_curvature : bool
+        Also hand ``map_rule`` the per-pixel curvature of the data term at the
+        current iterate: the largest eigenvalue of its Hessian in the maps
+        (KL: ``sum_i X_ij / Y_ij^2 D_i D_i^T``; Frobenius: ``D^T D``).
+    need_w_terms, need_loss : bool
+        Whether to accumulate the spectra terms / the data term.
+    x_constants : (float, float)
+        ``(sum X log X, sum X)`` for the KL loss; ``(||X||^2, 0)`` for Frobenius.
+
+    Returns
+    -------
+    PassResult
+    """
+    if sp.issparse(X):
+        X = SparseData(X)
+    ctx = _setup(X, A, D, loss, map_rule, need_curvature, need_w_terms, need_loss)
+    xp, ops = ctx.xp, ctx.ops
+    total = 0.0
+    if need_loss and loss == "kl":
+        total = x_constants[0] - x_constants[1] + ops.dot_all(ctx.col_d, xp.sum(A, axis=0))
+    if need_loss and loss == "l2":
+        total = 0.5 * x_constants[0] + 0.5 * ops.dot_all(A.T @ A, ctx.gram_d)
+    results = _run_blocks(ctx)
+    total += sum(part for part, _ in results)
+    w_neg = None
+    if need_w_terms:
+        w_neg = results[0][1]
+        for _, other in results[1:]:
+            w_neg += other
+    return PassResult(data_loss=total if need_loss else None, w_negative=w_neg)
+
+
+def _setup(X, A, D, loss, map_rule, need_curvature, need_w_terms, need_loss) -> _PassContext:
+    """The :class:`_PassContext` of one :func:`data_pass` (terms that depend on ``D`` only)."""
+    ops = ArrayOps(A, D)
+    xp = ops.xp
+    n, k = D.shape
+    col_d = xp.sum(D, axis=0)
+    gram_d = D.T @ D if loss == "l2" else None
+    # Rows D_i (x) D_i: the KL Hessian of pixel j in its maps is
+    # sum_i X_ij / Y_ij^2 D_i D_i^T, i.e. (X/Y^2)_j @ outer_rows reshaped (k, k).
+    outer_rows = (
+        xp.reshape(D[:, :, None] * D[:, None, :], (n, k * k))
+        if need_curvature and loss == "kl"
+        else None
+    )
+    l2_curvature = (
+        float(xp.linalg.eigvalsh(gram_d)[-1]) if need_curvature and loss == "l2" else None
+    )
+    Dt = np.ascontiguousarray(D.T) if ops.numpy else D.T
+    return _PassContext(
+        X=X,
+        A=A,
+        D=D,
+        Dt=Dt,
+        loss=loss,
+        map_rule=map_rule,
+        need_w_terms=need_w_terms,
+        need_loss=need_loss,
+        ops=ops,
+        col_d=col_d,
+        gram_d=gram_d,
+        outer_rows=outer_rows,
+        l2_curvature=l2_curvature,
+    )
+
+
+def _run_blocks(ctx: _PassContext) -> list[tuple[float, np.ndarray | None]]:
+    """Split the data into blocks and run them on :func:`num_threads` threads.
+
+    Thread ``i`` takes blocks ``i, i + threads, ...``; the results come back
+    in thread order, so that their sum does not depend on scheduling.
+    """
+    sparse = isinstance(ctx.X, SparseData)
+    ops = ctx.ops
+    if sparse:
+        blocks, run = ctx.X.blocks, _sparse_blocks
+    else:
+        p, n = ctx.X.shape
+        block_bytes = BLOCK_BYTES if ops.numpy else DEVICE_BLOCK_BYTES
+        itemsize = ctx.xp.finfo(ctx.dtype).bits // 8
+        blocks, run = row_blocks(p, n, itemsize, block_bytes), _dense_blocks
+    run = partial(run, ctx)
+    # Threads for NumPy, which releases the GIL; other libraries parallelise themselves.
+    threads = min(num_threads(), len(blocks)) if ops.numpy else 1
+    if threads <= 1 and not sparse:
+        return [run(blocks)]
+    # One BLAS thread per worker; the sparse path never needs BLAS threads
+    # (waking them for its small products costs more than they bring).
+    with _blas_controller().limit(limits=1, user_api="blas"):
+        if threads <= 1:
+            return [run(blocks)]
+        parts = [blocks[i::threads] for i in range(threads)]
+        return list(_executor().map(run, parts))
+
+
+def _l2_terms(ctx: _PassContext, Xb, Ab, nb: int):
+    """Frobenius terms of one block: ``X_b D``, ``A_b D^T D``, curvature, loss part."""
+    xp = ctx.xp
+    negative = Xb @ ctx.D
+    positive = Ab @ ctx.gram_d
+    part = -ctx.ops.dot_all(Ab, negative) if ctx.need_loss else 0.0
+    curvature = (
+        None
+        if ctx.l2_curvature is None
+        else xp.full((nb,), ctx.l2_curvature, dtype=ctx.dtype, device=device(ctx.A))
+    )
+    return negative, positive, curvature, part
+
+
+def _dense_blocks(ctx: _PassContext, my_blocks: list[slice]) -> tuple[float, np.ndarray | None]:
+    """The pass over the dense row blocks ``my_blocks``: (loss part, ``w_negative`` part)."""
+    ops, xp = ctx.ops, ctx.xp
+    A, D, Dt, n, k, dtype = ctx.A, ctx.D, ctx.Dt, ctx.n, ctx.k, ctx.dtype
+    kl = ctx.loss == "kl"
+    rows_max = max((b.stop - b.start for b in my_blocks), default=0)
+    buf_y = ops.empty((rows_max, n), dtype)
+    buf_r = ops.empty((rows_max, n), dtype)
+
+    def buffer(buf, nb):
+        return None if buf is None else buf[:nb]
+
+    w_neg = xp.zeros((n, k), dtype=dtype, device=device(A)) if ctx.need_w_terms else None
+    part = 0.0
+    for rows in my_blocks:
+        nb = rows.stop - rows.start
+        Xb = dense_block(ctx.X, rows)
+        Ab = A[rows, :]
+        R = None
+        if kl:
+            Y = ops.matmul(Ab, Dt, out=buffer(buf_y, nb))
+            if ctx.need_loss:
+                part -= ops.dot_all(Xb, ops.log(Y, out=buffer(buf_r, nb)))
+            R = ops.divide(Xb, Y, out=buffer(buf_r, nb))
+            negative = R @ D
+            positive = xp.broadcast_to(ctx.col_d, negative.shape)
+            curvature = None
+            if ctx.outer_rows is not None:
+                curvature = _largest_eigenvalues(ops.divide(R, Y, out=Y) @ ctx.outer_rows, k)
+        else:
+            negative, positive, curvature, loss_part = _l2_terms(ctx, Xb, Ab, nb)
+            part += loss_part
+        if ctx.map_rule is not None:
+            A[rows, :] = ctx.map_rule(rows, negative, positive, curvature)
+            Ab = A[rows, :]
+            if kl and ctx.need_w_terms:
+                Y = ops.matmul(Ab, Dt, out=buffer(buf_y, nb))
+                R = ops.divide(Xb, Y, out=buffer(buf_r, nb))
+        if ctx.need_w_terms:
+            w_neg += (R.T @ Ab) if kl else (Xb.T @ Ab)
+    return part, w_neg
+
+
+def _sparse_blocks(
+    ctx: _PassContext, my_blocks: list[SparseRowBlock]
+) -> tuple[float, np.ndarray | None]:
+    """The pass over the sparse row blocks ``my_blocks``: (loss part, ``w_negative`` part)."""
+    A, D, Dt, k = ctx.A, ctx.D, ctx.Dt, ctx.k
+    kl = ctx.loss == "kl"
+    outer_rows = ctx.outer_rows
+    w_neg = np.zeros((ctx.n, k), dtype=ctx.dtype) if ctx.need_w_terms else None
+    part = 0.0
+    for block in my_blocks:
+        rows = block.rows
+        nb = rows.stop - rows.start
+        Xb = block.matrix
+        Ab = A[rows]
+        R = None
+        if kl:
+            values = block.values
+            # The spectra at the columns of the stored entries: D does not change
+            # during the pass, so they serve before and after the map update.
+            d_cols = [np.take(Dt[l], block.cols) for l in range(k)]
+            y = _model_at(Ab, block.local_rows, d_cols)
+            if ctx.need_loss:
+                part -= float(np.dot(values, np.log(y)))
+            ratio = np.divide(values, y, out=None if outer_rows is not None else y)
+            R = _like(Xb, ratio)
+            negative = np.asarray(R @ D)
+            positive = np.broadcast_to(ctx.col_d, negative.shape)
+            curvature = None
+            if outer_rows is not None:
+                # X / Y^2 at the stored entries, times the rows D_i (x) D_i.
+                hessians = np.asarray(_like(Xb, np.divide(ratio, y, out=y)) @ outer_rows)
+                curvature = _largest_eigenvalues(hessians, k)
+        else:
+            negative, positive, curvature, loss_part = _l2_terms(ctx, Xb, Ab, nb)
+            negative = np.asarray(negative)
+            part += loss_part
+        if ctx.map_rule is not None:
+            A[rows] = ctx.map_rule(rows, negative, positive, curvature)
+            Ab = A[rows]
+            if kl and ctx.need_w_terms:
+                y = _model_at(Ab, block.local_rows, d_cols)
+                R = _like(Xb, np.divide(values, y, out=y))
+        if ctx.need_w_terms:
+            w_neg += np.asarray((R.T @ Ab) if kl else (Xb.T @ Ab))
+    return part, w_neg
+
+
+def _model_at(Ab: np.ndarray, local_rows: np.ndarray, d_cols: list[np.ndarray]) -> np.ndarray:
+    r"""The model ``y_e = \sum_l A_{r_e l} D_{c_e l}`` at stored entries ``e``.
+
+    ``local_rows`` are the rows ``r_e`` (in the block ``Ab``) and ``d_cols[l]``
+    the gathered ``D_{c_e l}``: one gather and one multiply-add per component,
+    on contiguous 1-D arrays (faster than gathering ``(nnz, k)`` rows).
+    """
+    At = np.ascontiguousarray(Ab.T)
+    y = np.take(At[0], local_rows)
+    y *= d_cols[0]
+    for l in range(1, len(d_cols)):
+        y += np.take(At[l], local_rows) * d_cols[l]
+    return y
+
+
+def _like(matrix: sp.csr_matrix, values: np.ndarray) -> sp.csr_matrix:
+    """A CSR matrix with the structure of ``matrix`` and the stored ``values``."""
+    return sp.csr_matrix((values, matrix.indices, matrix.indptr), shape=matrix.shape, copy=False)
+
+
+def _largest_eigenvalues(hessian_rows, k: int):
+    """Largest eigenvalue of each ``(k, k)`` matrix stored as a row of ``k * k`` entries."""
+    xp = array_namespace(hessian_rows)
+    return xp.linalg.eigvalsh(xp.reshape(hessian_rows, (-1, k, k)))[:, -1]
+
+
+_EXECUTOR: ThreadPoolExecutor | None = None
+_BLAS_CONTROLLER: ThreadpoolController | None = None
+
+
+def _blas_controller() -> ThreadpoolController:
+    """A cached :class:`threadpoolctl.ThreadpoolController` (building one scans libraries)."""
+    global _BLAS_CONTROLLER
+    if _BLAS_CONTROLLER is None:
+        _BLAS_CONTROLLER = ThreadpoolController()
+    return _BLAS_CONTROLLER
+
+
+def num_threads() -> int:
+    """Threads used by :func:`data_pass`: ``ESPM_LITE_NUM_THREADS`` or the CPU count."""
+    value = os.environ.get("ESPM_LITE_NUM_THREADS")
+    if value:
+        return max(1, int(value))
+    return max(1, min(os.cpu_count() or 1, 16))
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _EXECUTOR
+    if _EXECUTOR is None or _EXECUTOR._max_workers < num_threads():
+        _EXECUTOR = ThreadPoolExecutor(max_workers=num_threads(), thread_name_prefix="espm_lite")
+    return _EXECUTOR

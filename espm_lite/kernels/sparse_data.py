@@ -1,0 +1,267 @@
+"""The forms of the data taken by :func:`~espm_lite.kernels.data_pass`.
+
+Sparse data
+-----------
+Counts of low-dose spectrum images are mostly zeros.  The KL data term and its
+gradients only need the model ``Y_ij`` where ``X_ij > 0`` (``sum Y`` comes from
+column sums), so for CSR data :func:`~espm_lite.kernels.data_pass` evaluates
+``Y`` at the stored entries only and uses sparse-times-dense products: an
+iteration costs ``O(nnz k)`` time and memory instead of ``O(n p k)``.  The data
+are split once into row blocks (:class:`SparseData`); dense data that are
+mostly zeros can be sent there too (:func:`choose_path`,
+:data:`SPARSE_DENSITY_THRESHOLD`).  Sparse data sent to the dense path are
+wrapped in :class:`DensifiedRows` and densified block by block.
+
+This module also holds the constants of the data term that depend on ``X``
+only (:func:`data_constants`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+#: Number of stored entries per row block of the sparse path of
+#: :func:`~espm_lite.kernels.data_pass`.
+SPARSE_BLOCK_NNZ = 1 << 18
+
+#: Density (fraction of non-zero entries) below which ``sparse="auto"`` sends
+#: dense float64 data to the sparse path.  Measured with
+#: ``benchmarks/bench_sparse.py`` (table 2, 80x80x1980 phantom, 2 cores): the
+#: sparse path costs about 170 ms x density per iteration, the dense path about
+#: 32 ms in float64 (16 ms in float32), so they cross near a density of 0.19
+#: (0.1 in float32); at 500 counts/pixel (density 0.13) sparse takes 22 ms,
+#: dense 36 ms.
+SPARSE_DENSITY_THRESHOLD = 0.18
+
+#: The same for float32 data (the dense path is twice as fast in float32, the
+#: sparse path, bound by index gathers, much less).
+SPARSE_DENSITY_THRESHOLD_FLOAT32 = 0.09
+
+
+def dense_block(X, rows: slice) -> np.ndarray:
+    """Rows ``rows`` of ``X`` as a dense array (a view for dense ``X``).
+
+    ``X`` may be a sparse matrix (or :class:`DensifiedRows`); the block is then
+    densified, which is what the dense path does with sparse data it was
+    forced to take.
+    """
+    if isinstance(X, DensifiedRows):
+        X = X.csr
+    if sp.issparse(X):
+        return X[rows].toarray()
+    return X[rows, :]
+
+
+def canonical_csr(X) -> sp.csr_matrix:
+    """``X`` as a CSR matrix without duplicate entries, never modifying the input.
+
+    A canonical CSR input is returned as is (no copy); otherwise a new matrix
+    is built and its duplicates summed.
+    """
+    if not sp.issparse(X):
+        return sp.csr_matrix(X)
+    if X.format == "csr":
+        if X.has_canonical_format:
+            return X
+        X = X.copy()
+    else:
+        X = X.tocsr()
+    X.sum_duplicates()
+    return X
+
+
+@dataclass(frozen=True)
+class SparseRowBlock:
+    """One block of rows of a :class:`SparseData`.
+
+    Attributes
+    ----------
+    rows : slice
+        Rows of the data in the block.
+    matrix : scipy.sparse.csr_matrix (rows, n)
+        The block, sharing ``data`` and ``indices`` with the whole matrix.
+    local_rows : ndarray of intp (nnz_b,)
+        Row of each stored entry, relative to ``rows.start``.
+    cols : ndarray of intp (nnz_b,)
+        Column of each stored entry.
+    """
+
+    rows: slice
+    matrix: sp.csr_matrix
+    local_rows: np.ndarray
+    cols: np.ndarray
+
+    @property
+    def values(self) -> np.ndarray:
+        return self.matrix.data
+
+
+class _CSRBacked:
+    """Shape and dtype of a wrapper of the CSR matrix ``self.csr``."""
+
+    csr: sp.csr_matrix
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.csr.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.csr.dtype
+
+
+class SparseData(_CSRBacked):
+    """CSR data ``(p, n)`` split once into row blocks for the sparse path.
+
+    Each block holds about :data:`SPARSE_BLOCK_NNZ` stored entries (at least
+    one row) and the row and column index of each entry, so that an iteration
+    only gathers and scatters.  Extra memory: two index arrays of ``nnz``
+    entries.
+
+    Parameters
+    ----------
+    X : sparse matrix or ndarray (p, n)
+        Converted with :func:`canonical_csr` (the input is never modified; a
+        canonical CSR matrix is used without copy).
+    block_nnz : int, optional
+        Stored entries per block (default :data:`SPARSE_BLOCK_NNZ`).
+    """
+
+    def __init__(self, X, block_nnz: int | None = None):
+        csr = canonical_csr(X)
+        self.csr = csr
+        p, n = csr.shape
+        indptr = csr.indptr.astype(np.intp, copy=False)
+        block_nnz = max(1, int(block_nnz or SPARSE_BLOCK_NNZ))
+        targets = np.arange(block_nnz, csr.nnz, block_nnz)
+        cuts = np.unique(np.concatenate([[0], np.searchsorted(indptr, targets, "right"), [p]]))
+        cuts = cuts[(cuts >= 0) & (cuts <= p)]
+        blocks = []
+        for start, stop in zip(cuts[:-1], cuts[1:], strict=True):
+            lo, hi = indptr[start], indptr[stop]
+            local_indptr = (indptr[start : stop + 1] - lo).astype(csr.indices.dtype)
+            matrix = sp.csr_matrix(
+                (csr.data[lo:hi], csr.indices[lo:hi], local_indptr),
+                shape=(stop - start, n),
+                copy=False,
+            )
+            local_rows = np.repeat(np.arange(stop - start, dtype=np.intp), np.diff(local_indptr))
+            cols = csr.indices[lo:hi].astype(np.intp)
+            blocks.append(SparseRowBlock(slice(int(start), int(stop)), matrix, local_rows, cols))
+        self.blocks: list[SparseRowBlock] = blocks
+
+    @property
+    def nnz(self) -> int:
+        return self.csr.nnz
+
+
+@dataclass(frozen=True)
+class DensifiedRows(_CSRBacked):
+    """Sparse data sent to the dense path: each block is densified in turn."""
+
+    csr: sp.csr_matrix
+
+
+def density(X) -> float:
+    """Fraction of non-zero entries of ``X`` (dense or sparse)."""
+    size = X.shape[0] * X.shape[1]
+    if size == 0:
+        return 0.0
+    if sp.issparse(X):
+        return X.count_nonzero() / size
+    return np.count_nonzero(X) / size
+
+
+def choose_path(X, sparse="auto") -> str:
+    """Which path of :func:`~espm_lite.kernels.data_pass` suits ``X``: ``"sparse"`` / ``"dense"``.
+
+    Parameters
+    ----------
+    X : ndarray or sparse matrix
+    sparse : {"auto", True, False} or float in (0, 1]
+        ``True`` / ``False`` force the path.  ``"auto"``: sparse matrices take
+        the sparse path, dense arrays take it when their density is below
+        :data:`SPARSE_DENSITY_THRESHOLD` (float64) or
+        :data:`SPARSE_DENSITY_THRESHOLD_FLOAT32`; a float is used as that
+        threshold for dense arrays of either type.
+
+    Returns
+    -------
+    str
+    """
+    if sparse is True or sparse is False:
+        return "sparse" if sparse else "dense"
+    if isinstance(sparse, str):
+        if sparse != "auto":
+            raise ValueError(
+                f"sparse must be 'auto', True, False or a density threshold in (0, 1], "
+                f"got {sparse!r}."
+            )
+        # The thresholds are read from the package namespace at call time, so
+        # that setting ``espm_lite.kernels.SPARSE_DENSITY_THRESHOLD`` (the public
+        # name) takes effect.
+        from .. import kernels
+
+        threshold = (
+            kernels.SPARSE_DENSITY_THRESHOLD_FLOAT32
+            if X.dtype == np.float32
+            else kernels.SPARSE_DENSITY_THRESHOLD
+        )
+    else:
+        threshold = float(sparse)
+        if not 0 < threshold <= 1:
+            raise ValueError(f"sparse as a density threshold must be in (0, 1], got {sparse!r}.")
+    if sp.issparse(X):
+        return "sparse"
+    return "sparse" if density(X) < threshold else "dense"
+
+
+def prepare_data(X, path: str):
+    """``X`` (p, n) in the form :func:`~espm_lite.kernels.data_pass` takes for ``path``.
+
+    ``"sparse"``: a :class:`SparseData` (dense ``X`` is converted to CSR once,
+    O(nnz) memory).  ``"dense"``: dense ``X`` as is, sparse ``X`` wrapped in
+    :class:`DensifiedRows` (densified block by block at every pass).
+    """
+    if path == "sparse":
+        return X if isinstance(X, SparseData) else SparseData(X)
+    if path != "dense":
+        raise ValueError(f"path must be 'sparse' or 'dense', got {path!r}.")
+    if isinstance(X, SparseData):
+        return DensifiedRows(X.csr)
+    if sp.issparse(X):
+        return DensifiedRows(canonical_csr(X))
+    return X
+
+
+def _values(X):
+    """The array holding the entries of ``X`` (stored values when sparse)."""
+    if isinstance(X, (SparseData, DensifiedRows)):
+        X = X.csr
+    return X.data if sp.issparse(X) else X
+
+
+def xlogx_sum(X) -> float:
+    """``sum X log X`` with ``0 log 0 = 0`` (dense or sparse ``X``)."""
+    values = _values(X)
+    positive = values[values > 0]
+    return float(np.dot(positive.astype(np.float64), np.log(positive.astype(np.float64))))
+
+
+def data_sum(X) -> float:
+    """``sum X`` in float64."""
+    return float(_values(X).sum(dtype=np.float64))
+
+
+def data_constants(X, loss: str) -> tuple[float, float]:
+    """The constants of the data term that depend on ``X`` only (see ``data_pass``).
+
+    KL: ``(sum X log X, sum X)``; Frobenius: ``(||X||^2, 0)``.
+    """
+    if loss == "l2":
+        values = _values(X)
+        return float(np.vdot(values, values)), 0.0
+    return xlogx_sum(X), data_sum(X)
