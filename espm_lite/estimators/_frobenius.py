@@ -14,7 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from .. import _least_squares as lsq
+from ..kernels import least_squares as lsq
 from .base import NMFEstimator
 
 #: Start of the Frobenius estimators: k-means (Ding et al.) or random.

@@ -22,7 +22,7 @@ from .._initialization import INIT_METHODS
 from .._loop import History, run
 from .._monitor import truth_monitor
 from .._problem import Problem, evaluation_problem, internal_layout, prepare
-from .._rows import multiplicative_rows
+from ..kernels.rows import multiplicative_rows
 from ..solvers import FitState, Solver
 
 
@@ -355,7 +355,7 @@ class NMFEstimator(
         relative change of its coefficients falls below ``tol / 100``
         (``max(max_iter, 500)`` iterations at most), so a pixel's result does
         not depend on the other pixels passed with it
-        (:func:`espm_lite._rows.solve_rows`).
+        (:func:`espm_lite.kernels.rows.solve_rows`).
 
         Parameters
         ----------

@@ -1,6 +1,6 @@
 """Shared numerical kernels of the espm_lite estimators.
 
-Every update term of DESIGN.md is written once here and used by all estimators:
+Every update term of ``docs/maths.md`` is written once here and used by all estimators:
 
 * the data terms (generalised Kullback-Leibler and Frobenius) evaluated in one
   cache-friendly pass over the data, pixel block by pixel block
@@ -15,7 +15,10 @@ Every update term of DESIGN.md is written once here and used by all estimators:
   projected-gradient updates of a non-negative factor (:func:`mu_update`,
   :func:`quadratic_root_update`, :func:`projected_step`; module
   :mod:`espm_lite.kernels.simplex`),
-* the array operations for any array-API namespace (:class:`ArrayOps`).
+* the array operations for any array-API namespace (:class:`ArrayOps`),
+* row-by-row solves with the other factor fixed, used by every ``transform``
+  (module :mod:`espm_lite.kernels.rows`: multiplicative updates;
+  :mod:`espm_lite.kernels.least_squares`: exact Cholesky / NNLS solves).
 
 Internal layout
 ---------------

@@ -8,7 +8,7 @@ the spectra ``(n, k)``) in the least-squares sense,
 with multiplicative square-root updates of the non-negative factors. Both
 share the objective (computed from the products the updates need anyway), the
 k-means start and the final exact solve of the maps
-(:func:`espm_lite._least_squares.coefficients`).
+(:func:`espm_lite.kernels.least_squares.coefficients`).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import _least_squares as lsq
 from .. import kernels
 from .._initialization import kmeans_factors
 from .._problem import Problem
+from ..kernels import least_squares as lsq
 from ._base import ArrayState, FitState, Result, RngFactory, Solver
 
 #: Multiplicative map updates per iteration: they reuse ``X D`` and ``D^T D``, so a

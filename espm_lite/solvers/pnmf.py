@@ -22,7 +22,7 @@ from sklearn.utils import check_random_state
 
 from .. import kernels
 from .._problem import Problem
-from .._rows import least_squares_start, relative_change, solve_rows
+from ..kernels.rows import least_squares_start, relative_change, solve_rows
 from ._base import FitState, Result, RngFactory, Solver, nonnegative_start, update_W
 from ._lognormal import kl_normal, update_mean, update_std
 

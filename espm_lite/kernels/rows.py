@@ -12,7 +12,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from . import kernels
+from .data_pass import data_pass
+from .simplex import mu_update
+from .sparse_data import choose_path, prepare_data
 
 #: ``update(rows, negative, positive, active) -> (new rows, change per row)``.
 RowUpdate = Callable[[slice, np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -86,7 +88,7 @@ def solve_rows(
         return np.where(was_active[:, None], new, C[rows])
 
     for _ in range(max_passes):
-        kernels.data_pass(
+        data_pass(
             data, C, basis, loss=loss, map_rule=rule, need_w_terms=False, need_loss=False
         )
         if not active.any():
@@ -120,10 +122,10 @@ def multiplicative_rows(
     def update(rows, negative, positive, active):
         Cb = C[rows]
         den = positive + (0.0 if penalty is None else penalty(Cb))
-        new = kernels.mu_update(Cb, negative, den, floor=floor, simplex=simplex, tol=simplex_tol)
+        new = mu_update(Cb, negative, den, floor=floor, simplex=simplex, tol=simplex_tol)
         return new, relative_change(new, Cb)
 
-    data = kernels.prepare_data(X, kernels.choose_path(X, sparse))
+    data = prepare_data(X, choose_path(X, sparse))
     return solve_rows(
         data, C, basis, update, loss=loss, max_passes=max_passes, change_tol=change_tol
     )
