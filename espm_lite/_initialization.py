@@ -3,8 +3,11 @@
 NNDSVD (Boutsidis & Gallopoulos, 2008): each rank-one term of a truncated SVD
 is replaced by the dominant one of its positive and negative parts, which gives
 a non-negative pair close to the SVD term.  Variants ``"nndsvda"`` and
-``"nndsvdar"`` fill the (otherwise stuck) zeros with the data mean or small
-random values, which multiplicative updates need.
+``"nndsvdar"`` fill the (otherwise stuck) zeros with the mean of their component
+or small random values, which multiplicative updates need. NNDSVD and NNDSVDa
+are equivariant: rescaling the data, or repeating its columns, rescales the
+factors and repeats their rows. Also here: the k-means start of the
+least-squares estimators and the projection of a start on ``G``.
 """
 
 from __future__ import annotations
@@ -77,15 +80,24 @@ def initial_factors(
         factor = np.sqrt(S[j] * weight)
         left[:, j] = factor * u
         right[j] = factor * v
-    left[left < 1e-12 * max(1.0, left.max())] = 0
-    right[right < 1e-12 * max(1.0, right.max())] = 0
+    left[left < 1e-12 * left.max()] = 0  # relative: equivariant to the data scale
+    right[right < 1e-12 * right.max()] = 0
     if method == "nndsvda":
-        left[left == 0] = mean
-        right[right == 0] = mean
+        # Zeros filled with the mean of their own component: the start stays
+        # equivariant to rescaling the data or repeating channels.
+        left = np.where(left == 0, _component_means(left, axis=0), left)
+        right = np.where(right == 0, _component_means(right, axis=1), right)
     elif method == "nndsvdar":
         left[left == 0] = (mean / 100) * rng.random(np.count_nonzero(left == 0))
         right[right == 0] = (mean / 100) * rng.random(np.count_nonzero(right == 0))
     return left.astype(dtype), right.astype(dtype)
+
+
+def _component_means(factor: np.ndarray, axis: int) -> np.ndarray:
+    """Mean of each component of ``factor`` (positive: the factor's mean for an all-zero one)."""
+    means = factor.mean(axis=axis, keepdims=True)
+    overall = factor.mean()
+    return np.where(means > 0, means, overall if overall > 0 else 1.0)
 
 
 def project_on_G(G: np.ndarray, spectra: np.ndarray) -> np.ndarray:

@@ -383,3 +383,20 @@ def evaluation_problem(estimator, Xi) -> Problem:
         data_path="sparse" if sp.issparse(Xi) else "dense",
         n_components=estimator.n_components_,
     )
+
+
+def exact_fixed(values: np.ndarray, fixed) -> np.ndarray:
+    """``values`` with the fixed entries (``>= 0`` in ``fixed``) exactly as the caller gave them.
+
+    Inside the fit they are floored at ``log_shift`` (a zero would lock the
+    multiplicative updates and the log of the model); the output gives them as given.
+    """
+    if fixed is None:
+        return values
+    fixed = np.asarray(fixed, dtype=np.float64)
+    mask = fixed >= 0
+    if not mask.any():
+        return values
+    out = np.array(values)
+    out[mask] = fixed[mask]
+    return out

@@ -21,9 +21,10 @@ from .. import kernels
 from .._initialization import INIT_METHODS
 from .._loop import History, run
 from .._monitor import truth_monitor
-from .._problem import Problem, evaluation_problem, internal_layout, prepare
-from ..kernels.rows import multiplicative_rows
+from .._problem import Problem, evaluation_problem, exact_fixed, internal_layout, prepare
+from ..kernels.rows import coefficient_rows
 from ..solvers import FitState, Solver
+from ..solvers._base import RowSolve
 
 
 class NMFEstimator(
@@ -255,9 +256,14 @@ class NMFEstimator(
     def _choose_data_path(self, Xi) -> str:
         return kernels.choose_path(Xi, self.sparse)
 
-    def _transform_denominator(self, A: np.ndarray) -> np.ndarray | float:
-        """Extra denominator of the map update in :meth:`transform` (sparsity)."""
-        return 0.0
+    def _sparsity(self, dtype) -> tuple[np.ndarray, float] | None:
+        """``(mu, epsilon)`` of a log sparsity term on the maps (None: no such term)."""
+        return None
+
+    def _row_solve(self, min_passes: int) -> RowSolve:
+        """The row-by-row solve of :meth:`transform` (also the last step of a fit)."""
+        side = "H" if self.hspy_comp else "W"
+        return RowSolve(side, max(self.max_iter, min_passes), 1e-2 * self.tol, self.sparse)
 
     def _simplex_tol(self) -> float:
         return 1e-5  # SmoothNMF: dicotomy_tol
@@ -318,8 +324,8 @@ class NMFEstimator(
         if scale != 1.0:
             W_out = W_out * W_out.dtype.type(problem.scale_of("W"))
             A_out = A_out * A_out.dtype.type(problem.scale_of("H"))
-        self.W_ = W_out
-        self.H_ = np.ascontiguousarray(A_out.T.astype(problem.dtype, copy=False))
+        self.W_ = W_out = exact_fixed(W_out, self.fixed_W)
+        self.H_ = exact_fixed(np.ascontiguousarray(A_out.T.astype(problem.dtype)), self.fixed_H)
         self.G_ = problem.G
         self._G_simplex_rows = problem.simplex_W_rows
         self._scale, self._intensity = scale, problem.intensity
@@ -350,12 +356,16 @@ class NMFEstimator(
         ``hspy_comp=False`` (channels as rows) it returns the spectra of new
         channels with the maps fixed, without constraints.
 
-        The solve uses multiplicative updates of the (convex without
-        sparsity) problem from a least-squares start; each row stops when the
-        relative change of its coefficients falls below ``tol / 100``
-        (``max(max_iter, 500)`` iterations at most), so a pixel's result does
-        not depend on the other pixels passed with it
-        (:func:`espm_lite.kernels.rows.solve_rows`).
+        Each row is solved on its own, so a pixel's result does not depend on
+        the other pixels passed with it (:func:`espm_lite.kernels.rows.coefficient_rows`):
+        exactly by projected Newton steps for the KL problem without simplex
+        (convex without sparsity; the result does not depend on the start),
+        otherwise by multiplicative updates from a least-squares start until
+        the relative change of each row falls below ``tol / 100``
+        (``max(max_iter, 500)`` passes at most). A fit ends with the same
+        solve of its sample-side factor where the problem is the same (see
+        the solver's ``polish``), so ``fit(X).transform(X)`` reproduces
+        ``fit_transform(X)`` there.
 
         Parameters
         ----------
@@ -367,29 +377,25 @@ class NMFEstimator(
         """
         X = self._transform_input(X)
         dtype = X.dtype
-        solving_maps = self.hspy_comp
-        basis_divisor, out_multiplier = self._transform_scales("H" if solving_maps else "W")
+        solve = self._row_solve(500)
+        basis_divisor, out_multiplier = self._transform_scales(solve.side)
         if self._scale != 1.0:
             X = X * (1.0 / self._scale) if sp.issparse(X) else X / dtype.type(self._scale)
-        basis = self.components_.T.astype(dtype, copy=False)
-        if basis_divisor != 1.0:
-            basis = basis / dtype.type(basis_divisor)
-        basis = np.maximum(basis, self.log_shift)
-        out = multiplicative_rows(
+        basis = self.components_.T.astype(dtype, copy=False) / dtype.type(basis_divisor)
+        maps = solve.side == "H"
+        out = coefficient_rows(
             X,
-            basis,
+            np.maximum(basis, self.log_shift),
             floor=float(self.log_shift),
-            simplex=bool(self.simplex_H) and solving_maps,
-            penalty=self._transform_denominator if solving_maps else None,
             loss="l2" if self.l2 else "kl",
-            sparse=self.sparse,
-            max_passes=max(self.max_iter, 500),
-            change_tol=1e-2 * self.tol,
+            simplex=bool(self.simplex_H) and maps,
+            sparsity=self._sparsity(dtype) if maps else None,
+            sparse=solve.sparse,
+            max_passes=solve.max_passes,
+            change_tol=solve.change_tol,
             simplex_tol=self._simplex_tol(),
         )
-        if out_multiplier != 1.0:
-            out *= dtype.type(out_multiplier)
-        return out
+        return out * dtype.type(out_multiplier) if out_multiplier != 1.0 else out
 
     def inverse_transform(self, X):
         """Model of the data for the factor ``X``: ``X @ components_``."""

@@ -24,7 +24,12 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._problem import Problem
 from .._validation import per_component
-from ..solvers.pnmf import VariationalPoisson, posterior_of_pixels, spectra_of_channels
+from ..solvers.pnmf import (
+    VariationalPoisson,
+    posterior_moments,
+    posterior_of_pixels,
+    spectra_of_channels,
+)
 from .base import NMFEstimator
 
 #: Parameters of :class:`NMFEstimator` that have no meaning for PNMF, with their default.
@@ -293,6 +298,7 @@ sparse, dtype
             init=self.init,
             rng=self._rng,
             random_state=self.random_state,
+            row_solve=self._row_solve(1000),
         )
 
     # ----------------------------------------------------------- transform
@@ -345,28 +351,16 @@ sparse, dtype
     def _solve(self, X):
         X = self._transform_input(X)
         dtype = X.dtype
-        max_passes = max(self.max_iter, 1000)
+        solve = self._row_solve(1000)
+        options = dict(
+            sparse=solve.sparse, max_passes=solve.max_passes, change_tol=solve.change_tol
+        )
         if self.hspy_comp:
             D = np.maximum(self.components_.T.astype(dtype), dtype.type(self.log_shift))
-            return posterior_of_pixels(
-                X,
-                D,
-                self.prior_mean_,
-                self.prior_var_,
-                sparse=self.sparse,
-                max_passes=max_passes,
-                tol=self.tol,
-            )
+            mu, var = posterior_of_pixels(X, D, self.prior_mean_, self.prior_var_, **options)
+            return posterior_moments(mu, var, dtype)
         maps = np.maximum(np.exp(self.F_mean_.T).astype(dtype), dtype.type(self.log_shift))
-        spectra = spectra_of_channels(
-            X,
-            maps,
-            self.H_.T,
-            sparse=self.sparse,
-            floor=float(self.log_shift),
-            max_passes=max_passes,
-            tol=self.tol,
-        )
+        spectra = spectra_of_channels(X, maps, self.H_.T, floor=float(self.log_shift))
         return spectra, None
 
     def loss(self, W, H, average=True, X=None) -> float:

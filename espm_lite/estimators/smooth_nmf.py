@@ -56,7 +56,8 @@ shape_2d, normalize, log_shift, eval_print, true_D, true_H, fixed_H, fixed_W, \
 hspy_comp, no_stop_criterion, simplex_H, simplex_W, sparse, dtype
         See :class:`NMFEstimator`.
     lambda_L : float, default=0.0
-        Strength of the Laplacian smoothing of the maps (needs ``shape_2d``).
+        Strength of the Laplacian smoothing of the maps on the grid ``shape_2d``
+        (without ``shape_2d``, a line scan ``(1, p)``, with a warning).
     linesearch : bool, default=False
         ``projected_gradient`` only: adapt the step without bound, growing it
         by 10 % after each iteration and, when the objective increases,
@@ -180,9 +181,12 @@ hspy_comp, no_stop_criterion, simplex_H, simplex_W, sparse, dtype
     def _check_settings(self, n_channels: int, n_pixels: int) -> None:
         self._mu_vector()
         if self.lambda_L > 0 and self.shape_2d is None:
-            raise ValueError(
-                f"lambda_L={self.lambda_L} > 0 needs shape_2d=(ny, nx), the scan shape of the "
-                "maps, to build the Laplacian."
+            warnings.warn(
+                f"lambda_L={self.lambda_L} > 0 without shape_2d: the pixels are smoothed as a "
+                f"line scan of shape (1, {n_pixels}) in their order. Pass shape_2d=(ny, nx), "
+                "the scan shape of the maps, to smooth a 2-D map.",
+                UserWarning,
+                stacklevel=5,
             )
         if self.force_simplex is not None and bool(self.force_simplex) and not self.simplex_W:
             raise ValueError(
@@ -222,10 +226,9 @@ hspy_comp, no_stop_criterion, simplex_H, simplex_W, sparse, dtype
             simplex_tol=self._simplex_tol(),
             init=self.init,
             rng=self._rng,
+            row_solve=self._row_solve(500),
         )
 
-    def _transform_denominator(self, A: np.ndarray):
-        mu = self._mu_vector(A.dtype)
-        if not np.any(mu > 0):
-            return 0.0
-        return mu / (A + A.dtype.type(self.epsilon_reg))
+    def _sparsity(self, dtype) -> tuple[np.ndarray, float] | None:
+        mu = self._mu_vector(dtype)
+        return (mu, float(self.epsilon_reg)) if np.any(mu > 0) else None

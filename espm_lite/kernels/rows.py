@@ -1,9 +1,11 @@
 """Row-by-row solves with the other factor fixed: what every ``transform`` uses.
 
 A row (a pixel with ``hspy_comp=True``, a channel otherwise) is solved on its
-own, so any subset of rows gives the same results: :func:`solve_rows` runs
-passes over the data with a per-row update and stops each row when its own
-change falls below a tolerance; :func:`least_squares_start` is the start.
+own, so any subset of rows gives the same results. :func:`coefficient_rows`
+solves the KL problems exactly (projected Newton) and the others by
+multiplicative updates; :func:`solve_rows` runs passes over the data with a
+per-row update and stops each row when its own change falls below a
+tolerance; :func:`least_squares_start` is the default start.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .data_pass import data_pass
+from .newton_rows import newton_rows
 from .simplex import mu_update
 from .sparse_data import choose_path, prepare_data
 
@@ -88,40 +91,75 @@ def solve_rows(
         return np.where(was_active[:, None], new, C[rows])
 
     for _ in range(max_passes):
-        data_pass(
-            data, C, basis, loss=loss, map_rule=rule, need_w_terms=False, need_loss=False
-        )
+        data_pass(data, C, basis, loss=loss, map_rule=rule, need_w_terms=False, need_loss=False)
         if not active.any():
             break
     return C
 
 
-def multiplicative_rows(
+def coefficient_rows(
     X,
     basis: np.ndarray,
     *,
     floor: float,
-    simplex: bool,
-    penalty: Callable[[np.ndarray], np.ndarray | float] | None,
-    loss: str,
-    sparse,
-    max_passes: int,
-    change_tol: float,
-    simplex_tol: float,
+    loss: str = "kl",
+    simplex: bool = False,
+    sparsity: tuple[np.ndarray, float] | None = None,
+    linear: np.ndarray | None = None,
+    start: np.ndarray | None = None,
+    sparse="auto",
+    max_passes: int = 500,
+    change_tol: float = 1e-6,
+    simplex_tol: float = 1e-5,
 ) -> np.ndarray:
-    """Non-negative ``C`` with ``X ~ C basis^T`` (KL or Frobenius), ``basis`` fixed.
+    """Non-negative ``C`` with ``X ~ C basis^T``, ``basis`` fixed, each row on its own.
 
-    Multiplicative updates (:func:`espm_lite.kernels.mu_update`) from
-    :func:`least_squares_start`, each row on the simplex when ``simplex``;
-    ``penalty(C_rows)`` adds to the denominators (the sparsity term).
+    The KL problems without a simplex are solved exactly by projected Newton
+    steps (:func:`espm_lite.kernels.newton_rows.newton_rows`): the result does
+    not depend on the start. The others (Frobenius loss, rows on the simplex)
+    take multiplicative updates (:func:`espm_lite.kernels.mu_update`) through
+    :func:`solve_rows` until each row changes by less than ``change_tol``.
+
+    Parameters
+    ----------
+    X : ndarray or sparse matrix (r, n)
+    basis : ndarray (n, k), positive
+    floor : float
+        Lower bound of the coefficients.
+    loss : {"kl", "l2"}
+    simplex : bool
+        Each row of ``C`` sums to one.
+    sparsity : (ndarray (k,), float), optional
+        ``(mu, epsilon)`` of the log sparsity term ``mu log(C + epsilon)``.
+    linear : ndarray (k,), optional
+        Linear coefficients of the KL objective (default ``1^T basis``).
+    start : ndarray (r, k), optional
+        Default :func:`least_squares_start`.
+    sparse, max_passes, change_tol, simplex_tol
+        Path of the passes and stopping of the multiplicative updates.
+
+    Returns
+    -------
+    ndarray (r, k) in the dtype of ``basis``
     """
-    C = least_squares_start(X, basis, floor)
-    if simplex:
-        C = np.ascontiguousarray(C / C.sum(axis=1, keepdims=True))
+    if start is None:
+        start = least_squares_start(X, basis, floor)
+        if simplex:
+            start = start / start.sum(axis=1, keepdims=True)
+    if loss == "kl" and not simplex:
+        C = newton_rows(X, basis, start, linear=linear, sparsity=sparsity, floor=floor)
+        return np.ascontiguousarray(C.astype(basis.dtype, copy=False))
+    if linear is not None:
+        raise ValueError(
+            "linear coefficients are only supported by the KL problems without simplex."
+        )
+    C = np.array(np.maximum(start, floor), dtype=basis.dtype, order="C")
+    mu, eps = sparsity if sparsity is not None else (None, 0.0)
+    use_mu = mu is not None and np.any(mu > 0)
 
     def update(rows, negative, positive, active):
         Cb = C[rows]
-        den = positive + (0.0 if penalty is None else penalty(Cb))
+        den = positive + (mu.astype(Cb.dtype) / (Cb + Cb.dtype.type(eps)) if use_mu else 0.0)
         new = mu_update(Cb, negative, den, floor=floor, simplex=simplex, tol=simplex_tol)
         return new, relative_change(new, Cb)
 

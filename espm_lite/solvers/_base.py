@@ -54,6 +54,57 @@ class FitState(ArrayState):
 
 
 @dataclass(frozen=True)
+class RowSolve:
+    """How ``transform`` solves rows; the fit ends with the same solve where it applies.
+
+    Attributes
+    ----------
+    side : {"H", "W"}
+        The sample-side factor: the maps (``hspy_comp=True``, rows of X are
+        pixels) or the spectra (rows are channels).
+    max_passes : int
+    change_tol : float
+        A row stops when its relative change is below this.
+    sparse
+        The estimator's ``sparse`` parameter (path of the passes).
+    """
+
+    side: str
+    max_passes: int
+    change_tol: float
+    sparse: object = "auto"
+
+
+def keep_if_better(solver, problem: Problem, state, before: dict, updates: dict) -> dict:
+    """Write ``updates`` (``{field: new array}``) into ``state``; undo if the objective grew.
+
+    Returns the objective terms of the state kept.
+    """
+    old = state.snapshot()
+    for name, value in updates.items():
+        getattr(state, name)[...] = value
+    after = solver.objective(problem, state)
+    f_before, f_after = sum(before.values()), sum(after.values())
+    if f_after > f_before + 1e-12 * abs(f_before):
+        state.restore(old)
+        return before
+    return after
+
+
+def channels_as_rows(problem: Problem):
+    """The data with channels as rows ``(n, p)`` (CSR or C-contiguous), for spectra solves."""
+    X = problem.X.T
+    return X.tocsr() if hasattr(X, "tocsr") else np.ascontiguousarray(X)
+
+
+def unit_columns(W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(W / c, c)`` with ``c`` the column sums (1 where a sum is not positive)."""
+    c = W.sum(axis=0)
+    c = np.where(c > 0, c, 1)
+    return W / c, c
+
+
+@dataclass(frozen=True)
 class Result:
     """Final factors in the scale of the fitted problem, and extra fitted attributes.
 
@@ -135,7 +186,13 @@ def nonnegative_start(
     A = D = None
     if W0 is None or A0 is None:
         A, Dt = initial_factors(X, problem.n_components, init, rng)
-        D = Dt.T
+        # A canonical split of the scale between the factors (spectra of unit sum), so
+        # that the start, and so the fit, is equivariant to rescaling or repeating
+        # channels: fitting [X; X] / f gives the spectra of X / 2f and the same maps.
+        sums = Dt.sum(axis=1)
+        sums[sums <= 0] = 1
+        D = (Dt / sums[:, None]).T
+        A = A * sums
     if A0 is not None:
         A = np.array(A0) / (dtype.type(scale) if problem.intensity == "H" else 1)
     if W0 is not None:

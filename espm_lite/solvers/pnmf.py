@@ -22,8 +22,18 @@ from sklearn.utils import check_random_state
 
 from .. import kernels
 from .._problem import Problem
-from ..kernels.rows import least_squares_start, relative_change, solve_rows
-from ._base import FitState, Result, RngFactory, Solver, nonnegative_start, update_W
+from ..kernels.rows import coefficient_rows, least_squares_start, solve_rows
+from ._base import (
+    FitState,
+    Result,
+    RngFactory,
+    Solver,
+    channels_as_rows,
+    keep_if_better,
+    nonnegative_start,
+    unit_columns,
+    update_W,
+)
 from ._lognormal import kl_normal, update_mean, update_std
 
 #: Smallest prior variance of the empirical-Bayes update (avoids a degenerate prior).
@@ -58,6 +68,8 @@ class VariationalPoisson(Solver):
         Fixed prior (in log counts), or None for empirical Bayes.
     init, rng, random_state
         Start of the maps; ``random_state`` seeds the draws.
+    row_solve : RowSolve or None
+        The solve of ``transform``, run on the maps at the end (see :meth:`polish`).
     """
 
     names = ("expected_nll_loss", "KL_prior_loss")
@@ -74,6 +86,7 @@ class VariationalPoisson(Solver):
         init,
         rng: RngFactory,
         random_state,
+        row_solve=None,
     ):
         counts = problem.counts
         values = counts.data if sp.issparse(counts) else counts
@@ -85,6 +98,7 @@ class VariationalPoisson(Solver):
         self.fixed_mean = None if prior_mean is None else prior_mean - np.log(problem.scale)
         self.fixed_var = prior_var
         self.init, self.rng, self.random_state = init, rng, random_state
+        self.row_solve = row_solve
 
     # ---------------------------------------------------------------- start
     def start(self, problem: Problem) -> PNMFState:
@@ -233,6 +247,46 @@ class VariationalPoisson(Solver):
             w_negative = part if w_negative is None else w_negative + part
         return log_rate, w_negative / dtype.type(self.n_mc)
 
+    def polish(self, problem: Problem, state: PNMFState) -> dict[str, float] | None:
+        """The sample-side factor re-solved as ``transform`` does; kept if ``-ELBO`` does not grow.
+
+        ``hspy_comp=True``: the posterior of every pixel, spectra and prior
+        fixed (on the counts with the prior in count units: the same problem,
+        ``normalize`` being an exact reparametrisation). ``False``: the spectra
+        channel by channel without the simplex, whose column sums then move
+        into the maps (``mu + log c``, the prior mean with it).
+        """
+        solve = self.row_solve
+        if solve is None:
+            return None
+        before = self.objective(problem, state)
+        options = dict(
+            sparse=solve.sparse, max_passes=solve.max_passes, change_tol=solve.change_tol
+        )
+        if solve.side == "H":
+            log_scale = np.log(problem.scale)
+            mu, var = posterior_of_pixels(
+                problem.counts,
+                self.spectra(problem, state),
+                state.prior_mean + log_scale,
+                state.prior_var,
+                start=(state.mu + log_scale, state.var),
+                **options,
+            )
+            updates = {"mu": mu - log_scale, "var": var}
+        else:
+            if problem.G is not None or problem.fixed.W_mask is not None:
+                return None  # spectra through G are not solved channel by channel
+            maps = np.maximum(state.A, problem.dtype.type(problem.floor))
+            mean_maps = np.exp(state.mu + 0.5 * state.var)
+            W = spectra_of_channels(channels_as_rows(problem), maps, mean_maps, floor=problem.floor)
+            W, c = unit_columns(W) if problem.simplex_W else (W, np.ones(W.shape[1]))
+            updates = {"W": W, "mu": state.mu + np.log(c)}
+            if self.fixed_mean is None:
+                updates["prior_mean"] = state.prior_mean + np.log(c)
+        updates["A"] = np.exp(updates["mu"]).astype(state.A.dtype)
+        return keep_if_better(self, problem, state, before, updates)
+
     # -------------------------------------------------------------- outputs
     def monitored(self, problem: Problem, state: PNMFState):
         return self.spectra(problem, state), self.weight * np.exp(state.mu + 0.5 * state.var)
@@ -262,19 +316,33 @@ class VariationalPoisson(Solver):
         return Result(state.W, np.exp(state.mu + 0.5 * var), fitted)
 
 
-def posterior_of_pixels(X, D: np.ndarray, prior_mean, prior_var, *, sparse, max_passes, tol):
-    """Posterior ``(mean, std)`` maps ``(p', k)`` of new pixels, spectra and prior fixed.
+def posterior_of_pixels(
+    X,
+    D: np.ndarray,
+    prior_mean,
+    prior_var,
+    *,
+    sparse,
+    max_passes: int,
+    change_tol: float,
+    start: tuple[np.ndarray, np.ndarray] | None = None,
+):
+    """Posterior ``(mu, var)`` ``(p', k)`` of new pixels, spectra and prior fixed.
 
     Each pixel's ``q(F_i)`` is solved on its own by the Jensen ``mu`` /
-    ``sigma`` steps from a least-squares start, until ``|Δmu|`` and
-    ``|Δsigma^2|`` fall below ``tol / 100``.
+    ``sigma`` steps from ``start`` (default: a least-squares start), until ``|Δmu|`` and
+    ``|Δsigma^2|`` fall below ``change_tol`` (:func:`posterior_moments` turns
+    them into the mean and std maps).
     """
     dtype = D.dtype
     data = kernels.prepare_data(X, kernels.choose_path(X, sparse))
     c = D.sum(axis=0, dtype=np.float64)
-    mu = np.log(least_squares_start(X, D.astype(np.float64), 1e-12))
-    sigma = update_std(0.0, c * np.exp(mu), np.full_like(mu, 0.3), prior_var, max_iter=100)
-    var = sigma * sigma
+    if start is None:
+        mu = np.log(least_squares_start(X, D.astype(np.float64), 1e-12))
+        sigma = update_std(0.0, c * np.exp(mu), np.full_like(mu, 0.3), prior_var, max_iter=100)
+        var = sigma * sigma
+    else:
+        mu, var = (np.array(value, dtype=np.float64) for value in start)
     A = np.ascontiguousarray(np.exp(mu).astype(dtype))
 
     def update(rows, negative, positive, active):
@@ -287,26 +355,29 @@ def posterior_of_pixels(X, D: np.ndarray, prior_mean, prior_var, *, sparse, max_
         var[rows] = np.where(keep, var[rows], new_var)
         return np.exp(mu[rows]).astype(dtype), change
 
-    solve_rows(data, A, D, update, max_passes=max_passes, change_tol=1e-2 * tol)
+    solve_rows(data, A, D, update, max_passes=max_passes, change_tol=change_tol)
+    return mu, var
+
+
+def posterior_moments(mu: np.ndarray, var: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of ``e^F``, ``F ~ N(mu, var)``: ``e^{mu + var/2}``, ``mean sqrt(e^var - 1)``."""
     mean_maps = np.exp(mu + 0.5 * var)
     return mean_maps.astype(dtype), (mean_maps * np.sqrt(np.expm1(var))).astype(dtype)
 
 
-def spectra_of_channels(X, maps: np.ndarray, mean_maps, *, sparse, floor, max_passes, tol):
+def spectra_of_channels(
+    X, maps: np.ndarray, mean_maps, *, floor, start: np.ndarray | None = None
+) -> np.ndarray:
     """ELBO-optimal spectra ``(n', k)`` of new channels, the posterior of the maps fixed.
 
     Rows of ``X`` are channels; ``maps`` ``(p, k)`` is ``e^{mu}`` of the fit and
-    ``mean_maps`` ``(p, k)`` the posterior mean maps (the least-squares start
-    and the denominators). Each channel is solved on its own by the
-    multiplicative step (no simplex).
+    ``mean_maps`` ``(p, k)`` the posterior mean maps. Each channel solves the
+    convex problem ``min_c s^T c - sum_i x_i log (maps c)_i`` with ``s`` the
+    column sums of ``mean_maps`` exactly (projected Newton; no simplex).
     """
     dtype = maps.dtype
-    data = kernels.prepare_data(X, kernels.choose_path(X, sparse))
-    mean_maps_colsum = mean_maps.sum(axis=0, dtype=np.float64).astype(dtype)
-    C = least_squares_start(X, mean_maps.astype(np.float64), 1e-12).astype(dtype)
-
-    def update(rows, negative, positive, active):
-        new = np.maximum(C[rows] * negative / mean_maps_colsum, floor)
-        return new, relative_change(new, C[rows])
-
-    return solve_rows(data, C, maps, update, max_passes=max_passes, change_tol=1e-2 * tol)
+    if start is None:
+        start = least_squares_start(X, mean_maps.astype(np.float64), 1e-12)
+    linear = mean_maps.sum(axis=0, dtype=np.float64)
+    C = coefficient_rows(X, maps, floor=floor, linear=linear, start=start)
+    return np.ascontiguousarray(C.astype(dtype, copy=False))

@@ -35,7 +35,19 @@ import numpy as np
 
 from .. import kernels
 from .._problem import Problem
-from ._base import FitState, RngFactory, Solver, data_term, nonnegative_start, update_W
+from ..kernels.rows import coefficient_rows
+from ._base import (
+    FitState,
+    RngFactory,
+    RowSolve,
+    Solver,
+    channels_as_rows,
+    data_term,
+    keep_if_better,
+    nonnegative_start,
+    unit_columns,
+    update_W,
+)
 
 #: Strength of the proximal term of the Laplacian surrogates (>= the norm bound 8).
 SIGMA_L = kernels.LAPLACIAN_NORM_BOUND
@@ -67,6 +79,12 @@ class SmoothKL(Solver):
     init : str or None
     rng : callable
         Returns the seeded Generator of the start.
+    row_solve : RowSolve or None
+        The solve of ``transform``: the fit ends with it on the sample-side
+        factor where the conditional problem is the one ``transform`` solves
+        (maps without Laplacian or fixed entries; spectra without ``G`` or fixed
+        entries, the column sums moved into the maps under ``simplex_W``), kept
+        if the objective does not increase.
     """
 
     names = ("KL_div_loss", "Lapl_reg_loss", "log_reg_loss")
@@ -84,6 +102,7 @@ class SmoothKL(Solver):
         simplex_tol: float,
         init,
         rng: RngFactory,
+        row_solve: RowSolve | None = None,
     ):
         dtype = problem.dtype
         if problem.loss == "l2":
@@ -98,7 +117,9 @@ class SmoothKL(Solver):
         self.simplex_tol = simplex_tol
         self.init = init
         self.rng = rng
-        self.laplacian = kernels.grid_laplacian(problem.shape_2d, dtype) if lambda_L > 0 else None
+        self.row_solve = row_solve
+        grid = problem.shape_2d or (1, problem.n_pixels)  # no shape: a line scan
+        self.laplacian = kernels.grid_laplacian(grid, dtype) if lambda_L > 0 else None
 
     # ------------------------------------------------------------ objective
     def start(self, problem: Problem) -> SmoothState:
@@ -120,6 +141,37 @@ class SmoothKL(Solver):
     def objective(self, problem: Problem, state: FitState) -> dict[str, float]:
         data = data_term(problem, state.A, self.spectra(problem, state))
         return {"data": data, **self.penalties(state.A)}
+
+    def polish(self, problem: Problem, state: SmoothState) -> dict[str, float] | None:
+        """The solve of ``transform`` on the sample-side factor; kept if the objective drops.
+
+        Maps (``hspy_comp=True``): the KL problem of each pixel, unless the
+        Laplacian couples them, entries are fixed or the maps are on the
+        simplex (then no exact row solve). Spectra: each channel without the
+        simplex, whose column sums then move into the maps.
+        """
+        solve = self.row_solve
+        if solve is None or problem.loss != "kl":
+            return None
+        if solve.side == "H":
+            if self.lambda_L > 0 or problem.fixed.A_mask is not None or problem.simplex_H:
+                return None
+            mu = self.mu64.astype(problem.dtype)
+            sparsity = (mu, float(self.epsilon_reg)) if np.any(mu > 0) else None
+            A = coefficient_rows(
+                problem.X, self.spectra(problem, state), floor=problem.floor, sparsity=sparsity
+            )
+            updates = {"A": A}
+        else:
+            if problem.G is not None or problem.fixed.W_mask is not None:
+                return None  # spectra through G are not solved channel by channel
+            maps = np.maximum(state.A, problem.floor)
+            W = coefficient_rows(channels_as_rows(problem), maps, floor=problem.floor)
+            updates = {"W": W}
+            if problem.simplex_W:  # the scale of the spectra moves into the maps
+                updates["W"], c = unit_columns(W)
+                updates["A"] = state.A * c
+        return keep_if_better(self, problem, state, self.objective(problem, state), updates)
 
     # --------------------------------------------------------------- update
     def step(self, problem: Problem, state: SmoothState) -> dict[str, float]:

@@ -1,0 +1,235 @@
+r"""Exact row solves of the KL problems by projected Newton steps.
+
+Each row ``x`` (length ``n``) of ``X`` gets the non-negative coefficients
+``c`` (length ``k``) that minimise
+
+.. math:: f(c) = s^T c - \sum_j x_j \log (A c)_j
+          + \sum_l \mu_l \log(c_l + \epsilon), \qquad c \ge \text{floor},
+
+with ``A`` ``(n, k)`` the fixed basis of the model and ``s`` the linear
+coefficients (``s = 1^T A`` for the generalised KL divergence, up to a constant
+in ``c``; PNMF uses the column sums of its posterior mean maps). Without the
+(concave) sparsity term the problem is convex; its gradient and Hessian are
+
+.. math:: g = s - A^T (x / y) + \mu / (c + \epsilon), \qquad
+          H = A^T \operatorname{diag}(x / y^2) A, \qquad y = A c.
+
+Each step solves ``(H_FF + damping diag H_FF) d_F = -g_F`` on the free
+coefficients (those not at the floor with a positive gradient; the concave
+term's curvature is left out, so the system is positive definite and ``d``
+a descent direction), projects ``c + t d`` on ``c >= floor`` and halves ``t``
+until ``f`` decreases. Newton's quadratic convergence makes the result independent
+of the start to rounding in a few tens of passes, where multiplicative
+updates need hundreds and stop at a start-dependent point. Rows are solved
+in blocks, each row on its own; ``k`` is small, so the ``k x k`` systems are
+solved in a batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+#: Rows solved together (bounds the ``rows x n`` temporaries of dense data).
+BLOCK_ROWS = 256
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """The data of a block of rows: dense ``(b, n)`` or its stored entries."""
+
+    dense: np.ndarray | None
+    csr: sp.csr_matrix | None
+    local_rows: np.ndarray | None  # row of each stored entry (CSR)
+
+
+def _block(X, rows: slice) -> _Rows:
+    if sp.issparse(X):
+        csr = X[rows]
+        local = np.repeat(np.arange(csr.shape[0]), np.diff(csr.indptr))
+        return _Rows(None, csr, local)
+    return _Rows(np.asarray(X[rows], dtype=np.float64), None, None)
+
+
+def _outer(A: np.ndarray) -> np.ndarray:
+    """Rows ``A_j (x) A_j`` ``(n, k*k)``: ``(x / y^2) @ _outer(A)`` is the Hessian."""
+    return (A[:, :, None] * A[:, None, :]).reshape(A.shape[0], -1)
+
+
+def _terms(block: _Rows, C, A, s, sparsity, hessian: bool):
+    """Objective per row, and (optionally) gradient and Hessian of the block."""
+    mu, eps = sparsity
+    f = C @ s
+    if mu is not None:
+        f = f + np.log(C + eps) @ mu
+    if block.dense is not None:
+        Y = C @ A.T
+        X = block.dense
+        with np.errstate(divide="ignore", invalid="ignore"):
+            f = f - np.where(X > 0, X * np.log(Y), 0.0).sum(axis=1)
+        if not hessian:
+            return f, None, None
+        R = np.divide(X, Y, out=np.zeros_like(X), where=X > 0)
+        g = s - R @ A
+        W = np.divide(R, Y, out=np.zeros_like(R), where=X > 0)
+        H = (W @ _outer(A)).reshape(-1, A.shape[1], A.shape[1])
+    else:
+        csr = block.csr
+        y = np.einsum("ek,ek->e", C[block.local_rows], A[csr.indices])
+        x = csr.data
+        f = f - np.bincount(block.local_rows, x * np.log(y), minlength=C.shape[0])
+        if not hessian:
+            return f, None, None
+        ratio = sp.csr_matrix((x / y, csr.indices, csr.indptr), shape=csr.shape)
+        g = s - np.asarray(ratio @ A)
+        curv = sp.csr_matrix((x / (y * y), csr.indices, csr.indptr), shape=csr.shape)
+        H = np.asarray(curv @ _outer(A)).reshape(-1, A.shape[1], A.shape[1])
+    if mu is not None:
+        g = g + mu / (C + eps)
+    return f, g, H
+
+
+def _direction(g, H, free, damping):
+    """Damped Newton direction ``-(H + damping diag H)^{-1} g`` on the free coefficients."""
+    k = g.shape[1]
+    eye = np.eye(k)
+    mask = free[:, :, None] & free[:, None, :]
+    Hf = np.where(mask, H, 0.0)
+    diag = np.diagonal(Hf, axis1=1, axis2=2)
+    scale = np.abs(diag).max(axis=1)
+    scale = np.where(scale > 0, scale, 1.0)  # a row without counts: a linear problem
+    shift = damping[:, None] * diag + 1e-12 * scale[:, None]
+    Hf = Hf + eye * np.where(free, shift, 1.0)[:, None, :]
+    rhs = np.where(free, -g, 0.0)
+    try:
+        d = np.linalg.solve(Hf, rhs[:, :, None])[:, :, 0]
+    except np.linalg.LinAlgError:
+        d = rhs / np.diagonal(Hf, axis1=1, axis2=2)
+    return np.where(np.isfinite(d), d, rhs)
+
+
+def _line_search(sub, Cb, d, f, A, s, sparsity, floor):
+    """Projected steps ``max(c + t d, floor)`` per row: ``t`` halved until ``f`` decreases,
+    or doubled while it keeps decreasing when the full step is accepted (the log
+    term makes Newton steps from near the floor far too short).
+    """
+
+    def value(step):
+        trial = np.maximum(Cb + step[:, None] * d, floor)
+        return trial, _terms(sub, trial, A, s, sparsity, hessian=False)[0]
+
+    step = np.ones(Cb.shape[0])
+    ok = np.zeros(Cb.shape[0], dtype=bool)
+    new, best = Cb, f
+    for _ in range(20):
+        trial, f_new = value(step)
+        better = (f_new <= f + 1e-12 * np.abs(f)) & ~ok
+        new = np.where(better[:, None], trial, new)
+        best = np.where(better, f_new, best)
+        ok |= better
+        if ok.all():
+            break
+        step = np.where(ok, step, 0.5 * step)
+    grow = ok & (step == 1.0)
+    for _ in range(6):
+        if not grow.any():
+            break
+        step = np.where(grow, 2 * step, step)
+        trial, f_new = value(step)
+        grow &= f_new < best
+        new = np.where(grow[:, None], trial, new)
+        best = np.where(grow, f_new, best)
+    return new, ok
+
+
+def _solve_block(block: _Rows, C, A, s, sparsity, floor, max_iter, tol):
+    """Projected, damped Newton on the rows of one block (``C`` updated in place).
+
+    The free set leaves out the coefficients within ``eps`` of the floor whose
+    gradient is positive, ``eps`` shrinking with the projected gradient
+    (Bertsekas' projected Newton). The damping of a row (Levenberg-Marquardt)
+    falls tenfold after a successful step and grows tenfold after a failed
+    line search, which keeps nearly singular problems moving; a row stops
+    when its relative change falls below ``tol`` or no damping helps.
+    """
+    active = np.ones(C.shape[0], dtype=bool)
+    damping = np.full(C.shape[0], 1e-3)
+    for _ in range(max_iter):
+        rows = np.flatnonzero(active)
+        if rows.size == 0:
+            break
+        sub = _subset(block, rows)
+        Cb = C[rows]
+        f, g, H = _terms(sub, Cb, A, s, sparsity, hessian=True)
+        projected = np.abs(Cb - np.maximum(Cb - g, floor)).max(axis=1)
+        eps = np.minimum(1e-3 * Cb.max(axis=1), projected)
+        free = ~((Cb <= floor + eps[:, None]) & (g > 0))
+        d = _direction(g, H, free, damping[rows])
+        new, ok = _line_search(sub, Cb, d, f, A, s, sparsity, floor)
+        damping[rows] = np.where(ok, np.maximum(damping[rows] / 10, 1e-12), damping[rows] * 10)
+        change = np.abs(new - Cb).max(axis=1) / np.maximum(new.max(axis=1), 1e-300)
+        C[rows] = new
+        active[rows] = np.where(ok, change > tol, damping[rows] < 1e12)
+    return C
+
+
+def _subset(block: _Rows, rows: np.ndarray) -> _Rows:
+    if block.dense is not None:
+        return _Rows(block.dense[rows], None, None)
+    csr = block.csr[rows]
+    return _Rows(None, csr, np.repeat(np.arange(rows.size), np.diff(csr.indptr)))
+
+
+def newton_rows(
+    X,
+    basis: np.ndarray,
+    start: np.ndarray,
+    *,
+    linear: np.ndarray | None = None,
+    sparsity: tuple[np.ndarray, float] | None = None,
+    floor: float = 0.0,
+    max_iter: int = 200,
+    tol: float = 1e-12,
+) -> np.ndarray:
+    """Minimise the KL row problems of the module docstring, each row on its own.
+
+    Parameters
+    ----------
+    X : ndarray or sparse matrix (r, n)
+        Non-negative rows.
+    basis : ndarray (n, k)
+        ``A``, positive.
+    start : ndarray (r, k)
+        Start (floored); the result does not depend on it beyond rounding.
+    linear : ndarray (k,), optional
+        ``s``; default the column sums of ``basis``.
+    sparsity : (ndarray (k,), float), optional
+        ``(mu, epsilon)`` of the log sparsity term.
+    floor : float
+        Lower bound of the coefficients.
+    max_iter : int
+        Newton steps per row at most.
+    tol : float
+        A row stops when its relative change falls below this.
+
+    Returns
+    -------
+    ndarray (r, k), float64
+    """
+    A = np.asarray(basis, dtype=np.float64)
+    s = A.sum(axis=0) if linear is None else np.asarray(linear, dtype=np.float64)
+    mu, eps = (None, 0.0) if sparsity is None else sparsity
+    if mu is not None and not np.any(mu > 0):
+        mu = None
+    terms = (None if mu is None else np.asarray(mu, dtype=np.float64), float(eps))
+    # Stored entries only: the log term needs the model where x > 0 (dense data
+    # are converted once; faster than full rows even at 50 % density).
+    X = sp.csr_matrix(X, dtype=np.float64)
+    X.sum_duplicates()
+    C = np.array(np.maximum(start, floor), dtype=np.float64)
+    for lo in range(0, C.shape[0], BLOCK_ROWS):
+        rows = slice(lo, min(lo + BLOCK_ROWS, C.shape[0]))
+        C[rows] = _solve_block(_block(X, rows), C[rows], A, s, terms, floor, max_iter, tol)
+    return C
