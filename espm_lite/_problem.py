@@ -18,12 +18,14 @@ values given by the caller.
 from __future__ import annotations
 
 import logging
+import numbers
 import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
+from sklearn.utils.validation import check_non_negative, validate_data
 
 from . import kernels
 
@@ -75,9 +77,16 @@ class Problem:
         ``1^T G`` (m,) and ``G^T G`` (m, m), computed once (None without ``G``).
     loss : {"kl", "l2"}
     scale : float
-        The data were divided by ``scale`` (``normalize``); 1 otherwise.
+        The data were divided by ``scale``, the mean (absolute) counts per
+        pixel: always, so that the fit does not depend on the data's units
+        (the floor, the starts and the arithmetic are relative to it).
     intensity : {"W", "H"}
         The factor that carries ``scale`` back to the data units.
+    penalty_scale : float
+        ``scale`` when the regularisation strengths are in the data's units
+        (``normalize=False``: the solvers convert them exactly, so that the
+        objective is that of the raw data divided by ``scale``), 1 when they
+        are in the normalised units (``normalize=True``, espm's meaning).
     floor : float
         Lower bound of the non-negative factors (``log_shift``).
     x_constants : (float, float)
@@ -102,6 +111,7 @@ class Problem:
     loss: str
     scale: float
     intensity: Factor
+    penalty_scale: float
     floor: float
     x_constants: tuple[float, float]
     simplex_W: bool
@@ -143,6 +153,17 @@ class Problem:
         """The factor by which ``factor`` is multiplied back to the data units."""
         return self.scale if factor == self.intensity else 1.0
 
+    def penalty_units(self) -> tuple[float, float]:
+        """``(s, h)``: the data divisor of the penalties and the part carried by the maps.
+
+        With strengths in the data's units the objective of the raw data is
+        ``s F'`` (KL) or ``s^2 F'`` (Frobenius) plus a constant, ``F'`` that of
+        the scaled problem with converted strengths; ``h = s`` when the maps
+        carry the scale, 1 otherwise. ``(1, 1)`` with normalised strengths.
+        """
+        s = self.penalty_scale
+        return s, (s if self.intensity == "H" else 1.0)
+
     def simplex_free_W(self) -> np.ndarray | None:
         """Entries of ``W`` that count in the simplex sums (None: all)."""
         if self.fixed.W_mask is None and self.simplex_W_rows is None:
@@ -164,10 +185,31 @@ def internal_layout(X, hspy_comp: bool):
 
 
 def data_scale(Xi) -> float:
-    """The ``normalize`` divisor: mean absolute value summed per pixel (1 when zero)."""
+    """The data divisor: the absolute values summed per pixel, averaged (1 when zero).
+
+    Computed relative to the largest value, so that data near the float range
+    (``1e300``) do not overflow.
+
+    Raises
+    ------
+    ValueError
+        When the counts of a pixel overflow float64: the maps, which carry
+        them, could not be represented.
+    """
     values = Xi.data if sp.issparse(Xi) else Xi
-    total = float(np.abs(values).sum(dtype=np.float64))
-    return total / Xi.shape[0] if total > 0 else 1.0
+    largest = float(np.abs(values).max()) if values.size else 0.0
+    if largest == 0:
+        return 1.0
+    relative = abs(Xi) / largest if sp.issparse(Xi) else np.abs(Xi) / largest
+    per_pixel = np.asarray(relative.sum(axis=1, dtype=np.float64)).ravel()
+    with np.errstate(over="ignore"):
+        if not np.isfinite(per_pixel.max() * largest):
+            raise ValueError(
+                "X is too large: the sum over the channels of a pixel overflows float64 "
+                f"(largest entry {largest:.3g}), so the maps cannot be represented; divide "
+                "X by a constant first."
+            )
+    return float(per_pixel.mean()) * largest
 
 
 def divide(Xi, scale: float):
@@ -195,7 +237,8 @@ def prepare(estimator, X, W0=None, H0=None) -> Problem:
     -------
     Problem
     """
-    X = estimator._validate_input(X, reset=True, where="input X")
+    reject_bool_integers(estimator)
+    X = validate_input(estimator, X, reset=True, where="input X")
     counts = internal_layout(X, estimator.hspy_comp)
     p, n = counts.shape
     k = estimator.n_components
@@ -204,7 +247,12 @@ def prepare(estimator, X, W0=None, H0=None) -> Problem:
     dtype = counts.dtype
     G, simplex_rows = resolve_G(estimator.G, X, n, dtype)
     m = n if G is None else G.shape[1]
-    scale = data_scale(counts) if estimator.normalize else 1.0
+    scale = data_scale(counts)
+    if not (counts.count_nonzero() if sp.issparse(counts) else np.any(counts)):
+        raise ValueError(
+            f"X is all zero: {type(estimator).__name__} has nothing to factor (input X of "
+            f"shape {X.shape})."
+        )
     Xs = divide(counts, scale)
     path = estimator._choose_data_path(Xs)
     logger.info(
@@ -231,6 +279,7 @@ def prepare(estimator, X, W0=None, H0=None) -> Problem:
         loss=loss,
         scale=scale,
         intensity=intensity,
+        penalty_scale=1.0 if estimator.normalize else scale,
         floor=floor,
         x_constants=kernels.data_constants(Xs, loss),
         simplex_W=estimator._effective_simplex_W(),
@@ -272,7 +321,7 @@ def resolve_G(G, X, n_channels: int, dtype) -> tuple[np.ndarray | None, np.ndarr
     if G is None:
         return None, None
     if callable(G):
-        G = G(X)
+        G = G(read_only(X))  # the callable cannot change the caller's data
     rows = None
     if hasattr(G, "simplex_rows"):  # a labelled G
         rows = np.asarray(G.simplex_rows, dtype=bool)
@@ -371,6 +420,7 @@ def evaluation_problem(estimator, Xi) -> Problem:
         loss=loss,
         scale=1.0,
         intensity=estimator._intensity,
+        penalty_scale=1.0,
         floor=float(estimator.log_shift),
         x_constants=kernels.data_constants(Xi, loss),
         simplex_W=estimator._effective_simplex_W(),
@@ -400,3 +450,60 @@ def exact_fixed(values: np.ndarray, fixed) -> np.ndarray:
     out = np.array(values)
     out[mask] = fixed[mask]
     return out
+
+
+def validate_input(estimator, X, *, reset: bool, where: str):
+    """``X`` validated by scikit-learn for ``estimator`` (dtype, finiteness, sign, features).
+
+    ``reset=True`` records ``n_features_in_`` (fit); otherwise it is checked.
+    Counts must be non-negative unless the estimator takes signed data.
+    """
+    X = validate_data(
+        estimator,
+        X,
+        accept_sparse=("csr", "csc", "coo"),
+        dtype=compute_dtype(estimator.dtype),
+        reset=reset,
+    )
+    if estimator._non_negative_input:
+        check_non_negative(X, f"{type(estimator).__name__} {where}")
+    return X
+
+
+def compute_dtype(dtype):
+    """The ``dtype`` argument of ``validate_data`` for an estimator's ``dtype`` parameter."""
+    if dtype is None:
+        return [np.float64, np.float32]
+    allowed = (np.dtype(np.float32), np.dtype(np.float64))
+    try:
+        value = np.dtype(dtype)
+    except TypeError:
+        value = None
+    if value not in allowed:
+        raise ValueError(f"dtype must be None, numpy.float32 or numpy.float64, got {dtype!r}.")
+    return value
+
+
+def read_only(X):
+    """A view of ``X`` that cannot be written to (a copy for sparse matrices)."""
+    if sp.issparse(X):
+        X = X.copy()
+        X.data.flags.writeable = False
+        return X
+    view = np.asarray(X).view()
+    view.flags.writeable = False
+    return view
+
+
+def reject_bool_integers(estimator) -> None:
+    """``TypeError`` for a bool given to an integer parameter (scikit-learn accepts them)."""
+    from sklearn.utils._param_validation import Interval
+
+    for name, constraints in estimator._parameter_constraints.items():
+        integral = any(
+            isinstance(c, Interval) and c.type is numbers.Integral
+            for c in (constraints if isinstance(constraints, list) else [])
+        )
+        value = getattr(estimator, name, None)
+        if integral and isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{name} must be an integer, got {value!r}.")

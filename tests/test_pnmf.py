@@ -94,8 +94,9 @@ def test_posterior_std_shrinks_with_counts(phantoms):
         assert np.all(est.H_std_ > 0)
         np.testing.assert_allclose(est.H_std_, est.H_ * np.sqrt(np.expm1(est.F_var_)), rtol=1e-10)
         np.testing.assert_allclose(est.H_, np.exp(est.F_mean_ + est.F_var_ / 2), rtol=1e-10)
-        relative[counts] = float(np.mean(est.H_std_ / est.H_))
-    # About 1/sqrt(counts) for the dominant phases: 0.47 -> 0.17 measured.
+        dominant = est.H_ >= est.H_.max(axis=0, keepdims=True)  # each pixel's main phase
+        relative[counts] = float(np.mean((est.H_std_ / est.H_)[dominant]))
+    # About 1/sqrt(counts) for the dominant phases (the absent ones stay uncertain).
     assert relative[500] < 0.5 * relative[20], relative
 
 
@@ -152,7 +153,9 @@ def test_sparse_input_gives_dense_result(phantoms):
     dense, D1 = _fit(data.X, max_iter=20, tol=0, no_stop_criterion=True)
     sparse, D2 = _fit(sp.csr_matrix(data.X), max_iter=20, tol=0, no_stop_criterion=True)
     assert sparse.data_path_ == "sparse"
-    np.testing.assert_allclose(D2, D1, rtol=1e-8, atol=1e-12)
+    # The fit ends with the exact (Newton) solve of the spectra, whose nearly flat
+    # directions turn rounding differences into ~1e-9 absolute on entries ~1e-2.
+    np.testing.assert_allclose(D2, D1, rtol=1e-8, atol=1e-7 * D1.max())
     np.testing.assert_allclose(sparse.H_, dense.H_, rtol=1e-8)
     np.testing.assert_allclose(sparse.elbo_, dense.elbo_, rtol=1e-12)
 

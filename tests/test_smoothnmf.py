@@ -306,7 +306,7 @@ def test_fixed_entries_are_held(small_problem):
         simplex_W=False,
         max_iter=50,
     )
-    np.testing.assert_allclose(est.H_[0, :10], 1e-14)  # held at the floor
+    np.testing.assert_array_equal(est.H_[0, :10], 0.0)  # returned exactly as given
     np.testing.assert_allclose(est.W_[:5, 2], 0.01)
 
 
@@ -364,7 +364,7 @@ def test_l2_loss_decreases(small_problem):
         (dict(algo="newton"), None, "algo"),
         (dict(fixed_W=np.zeros((3, 3))), None, "fixed_W must have shape"),
         (dict(fixed_H=np.zeros((2, 3))), None, "fixed_H must have shape"),
-        (dict(lambda_L=1.0), None, "shape_2d"),
+        (dict(lambda_L=1.0, shape_2d=(2, 3)), None, "shape_2d"),
         (dict(mu=[1.0, 2.0, 3.0, 4.0]), None, "mu must be"),
         (dict(mu=-1.0), None, "mu"),
         (dict(l2=True, algo="l2_surrogate"), None, "l2_surrogate"),

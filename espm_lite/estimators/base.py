@@ -15,13 +15,20 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted, check_non_negative, validate_data
+from sklearn.utils.validation import check_is_fitted
 
 from .. import kernels
 from .._initialization import INIT_METHODS
 from .._loop import History, run
 from .._monitor import truth_monitor
-from .._problem import Problem, evaluation_problem, exact_fixed, internal_layout, prepare
+from .._problem import (
+    Problem,
+    evaluation_problem,
+    exact_fixed,
+    internal_layout,
+    prepare,
+    validate_input,
+)
 from ..kernels.rows import coefficient_rows
 from ..solvers import FitState, Solver
 from ..solvers._base import RowSolve
@@ -333,11 +340,15 @@ class NMFEstimator(
         self.n_components_ = self.H_.shape[0]
         self.components_ = np.ascontiguousarray(D.T) if self.hspy_comp else self.H_
         self._n_features_out = self.n_components_
-        data = history.final_terms["data"] * (scale if problem.loss == "kl" else scale**2)
-        self.reconstruction_err_ = float(np.sqrt(2 * data) if problem.loss == "l2" else data)
+        data = history.final_terms["data"]  # of the data divided by scale
+        with np.errstate(over="ignore"):  # inf only for data near the float range
+            error = np.sqrt(2 * data) * scale if problem.loss == "l2" else data * scale
+        self.reconstruction_err_ = float(error)
         for name, value in result.fitted.items():
             setattr(self, name, value)
         self.n_iter_ = history.n_iter
+        self._penalty_units = problem.penalty_units()
+        _report_rows(history.rows, solver, problem)
         self._history = history.as_array(("full_loss", *solver.names, "rel_change"))
         self.losses_ = self._history["full_loss"].copy()
         return self.H_.T.copy() if self.hspy_comp else D
@@ -428,16 +439,14 @@ class NMFEstimator(
                 "X is required: the estimator keeps no copy of the training data; "
                 "pass the data in the orientation given to fit."
             )
-        X = validate_data(
-            self,
-            X,
-            accept_sparse=("csr", "csc", "coo"),
-            dtype=self._compute_dtype(),
-            reset=False,
-        )
+        X = validate_input(self, X, reset=False, where="loss (input X)")
         problem = evaluation_problem(self, internal_layout(X, self.hspy_comp))
         W = np.asarray(W, dtype=problem.dtype)
-        A = np.ascontiguousarray(np.asarray(H, dtype=problem.dtype).T)
+        H = np.asarray(H, dtype=problem.dtype)
+        for name, value, shape in (("W", W, self.W_.shape), ("H", H, self.H_.shape)):
+            if value.shape != shape:
+                raise ValueError(f"{name} must have shape {shape} (as {name}_), got {value.shape}.")
+        A = np.ascontiguousarray(H.T)
         terms = self._solver(problem).loss_terms(problem, FitState(W, A))
         total = sum(terms.values())
         return total / problem.n_entries if average else total
@@ -472,33 +481,16 @@ class NMFEstimator(
     def _transform_input(self, X):
         """``X`` of :meth:`transform`: fitted estimator checked, validated, CSR if sparse."""
         check_is_fitted(self)
-        X = self._validate_input(X, reset=False, where="transform (input X)")
+        X = validate_input(self, X, reset=False, where="transform (input X)")
         return kernels.canonical_csr(X) if sp.issparse(X) else X
 
-    def _validate_input(self, X, *, reset: bool, where: str):
-        """``X`` validated by scikit-learn (dtype, finiteness, sign, feature count)."""
-        X = validate_data(
-            self,
-            X,
-            accept_sparse=("csr", "csc", "coo"),
-            dtype=self._compute_dtype(),
-            reset=reset,
-        )
-        if self._non_negative_input:
-            check_non_negative(X, f"{type(self).__name__} {where}")
-        return X
 
-    def _compute_dtype(self):
-        """The ``dtype`` argument of ``validate_data`` for the ``dtype`` parameter."""
-        if self.dtype is None:
-            return [np.float64, np.float32]
-        allowed = (np.dtype(np.float32), np.dtype(np.float64))
-        try:
-            dtype = np.dtype(self.dtype)
-        except TypeError:
-            dtype = None
-        if dtype not in allowed:
-            raise ValueError(
-                f"dtype must be None, numpy.float32 or numpy.float64, got {self.dtype!r}."
-            )
-        return dtype
+def _report_rows(rows: list[dict], solver: Solver, problem: Problem) -> None:
+    """History rows (per data entry) converted in place to the units of the raw data."""
+    names = solver.names
+    for row in rows:
+        terms = {"data": row[names[0]], **{name: row[name] for name in names[1:]}}
+        terms = solver.report(problem, terms, problem.n_entries)
+        row[names[0]] = terms.pop("data")
+        row.update(terms)
+        row["full_loss"] = row[names[0]] + sum(terms.values())

@@ -230,5 +230,6 @@ hspy_comp, no_stop_criterion, simplex_H, simplex_W, sparse, dtype
         )
 
     def _sparsity(self, dtype) -> tuple[np.ndarray, float] | None:
-        mu = self._mu_vector(dtype)
-        return (mu, float(self.epsilon_reg)) if np.any(mu > 0) else None
+        s, h = self._penalty_units  # to the scaled problem transform solves (see fit)
+        mu = self._mu_vector(dtype) / dtype.type(s)
+        return (mu, float(self.epsilon_reg) / h) if np.any(mu > 0) else None

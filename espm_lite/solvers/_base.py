@@ -164,6 +164,13 @@ class Solver:
         """Final factors (and extra fitted attributes) from the final state."""
         return Result(state.W, state.A)
 
+    def report(self, problem: Problem, terms: dict, n_entries: int = 1) -> dict[str, float]:
+        """Objective terms in the units of the raw data (see :meth:`Problem.penalty_units`).
+
+        ``terms`` are totals of the scaled problem divided by ``n_entries``.
+        """
+        return terms
+
     def loss_terms(self, problem: Problem, state: FitState) -> dict[str, float]:
         """Objective terms of given factors ``W`` (spectra side) and ``A`` (maps)."""
         return self.objective(problem, state)

@@ -50,6 +50,13 @@ class Frobenius(Solver):
 
     def __init__(self, problem: Problem, *, init, rng: RngFactory, polish_maps: bool):
         self.init, self.rng, self.polish_maps = init, rng, polish_maps
+        s, h = problem.penalty_units()
+        #: Converts an L1 weight on the maps to the scaled problem (F = s^2 F').
+        self.l1_units = h / (s * s)
+
+    def report(self, problem: Problem, terms: dict, n_entries: int = 1) -> dict[str, float]:
+        s = problem.penalty_units()[0]
+        return terms if s == 1.0 else {name: s * s * value for name, value in terms.items()}
 
     def map_l1(self, problem: Problem, state) -> np.ndarray | float:
         """L1 weight of each map (per component), at the current state."""
@@ -99,7 +106,7 @@ class SemiNMF(Frobenius):
 
     def __init__(self, problem: Problem, *, sparsity: float, **kwargs):
         super().__init__(problem, **kwargs)
-        self.sparsity = sparsity
+        self.sparsity = sparsity * self.l1_units
 
     def start(self, problem: Problem) -> FitState:
         A, D = self.kmeans_or_random(problem)
@@ -187,7 +194,8 @@ class ConvexSolver(Frobenius):
         self, problem: Problem, *, solver: str, l1_penalty: float, strict_convex: bool, **kwargs
     ):
         super().__init__(problem, **kwargs)
-        self.solver, self.l1_penalty, self.strict_convex = solver, l1_penalty, strict_convex
+        self.solver, self.strict_convex = solver, strict_convex
+        self.l1_penalty = l1_penalty * self.l1_units
         self.sigma2 = lsq.spectral_norm2(problem.X) if solver == "pgd" else None
 
     def raw_spectra(self, problem: Problem, state: ConvexState) -> np.ndarray:

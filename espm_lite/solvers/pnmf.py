@@ -102,10 +102,8 @@ class VariationalPoisson(Solver):
 
     # ---------------------------------------------------------------- start
     def start(self, problem: Problem) -> PNMFState:
-        """NNDSVDa maps of the counts (not scale-equivariant), rescaled, then the posterior."""
-        W, A = nonnegative_start(problem, self.init, self.rng(), X=problem.counts, scale=1.0)
-        if problem.scale != 1.0:
-            A = np.ascontiguousarray(A / problem.dtype.type(problem.scale))
+        """The base start of the scaled data (equivariant), then the posterior."""
+        W, A = nonnegative_start(problem, self.init, self.rng(), X=problem.X, scale=problem.scale)
         state = PNMFState(W, A)
         if self.bound == "mc":
             state.mc_seed = int(

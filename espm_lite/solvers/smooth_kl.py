@@ -107,10 +107,13 @@ class SmoothKL(Solver):
         dtype = problem.dtype
         if problem.loss == "l2":
             self.names = ("l2_loss", *self.names[1:])
-        self.lambda_L = lambda_L
-        self.mu64 = np.asarray(mu, dtype=np.float64)
+        # Strengths in the units of the scaled problem (exact: F = s F' + const).
+        s, h = problem.penalty_units()
+        self.lambda_L = lambda_L * h * h / s
+        self.mu64 = np.asarray(mu, dtype=np.float64) / s
         self.mu = self.mu64.astype(dtype)
-        self.epsilon_reg = epsilon_reg
+        self.epsilon_reg = epsilon_reg / h
+        self._log_constant = float(np.sum(mu)) * problem.n_pixels * np.log(h)
         self.algo = algo
         self.gamma = gamma
         self.linesearch = linesearch
@@ -137,6 +140,14 @@ class SmoothKL(Solver):
             log_sums = np.log(A + A.dtype.type(self.epsilon_reg)).sum(axis=0, dtype=np.float64)
             terms["log_reg_loss"] = float(self.mu.astype(np.float64) @ log_sums)
         return terms
+
+    def report(self, problem: Problem, terms: dict, n_entries: int = 1) -> dict[str, float]:
+        s = problem.penalty_units()[0]
+        if s == 1.0:
+            return terms
+        out = {name: s * value for name, value in terms.items()}
+        out["log_reg_loss"] = out.get("log_reg_loss", 0.0) + self._log_constant / n_entries
+        return out
 
     def objective(self, problem: Problem, state: FitState) -> dict[str, float]:
         data = data_term(problem, state.A, self.spectra(problem, state))
