@@ -149,8 +149,13 @@ def concentration_table(
     values = np.asarray(G.values if hasattr(G, "values") else G, dtype=np.float64)
     W = np.asarray(W, dtype=np.float64)
     H = np.asarray(H, dtype=np.float64)
-    if W.shape[0] != values.shape[1] or H.shape[0] != W.shape[1]:
+    if W.ndim != 2 or H.ndim != 2 or W.shape[0] != values.shape[1] or H.shape[0] != W.shape[1]:
         raise ValueError(f"W {W.shape} and H {H.shape} do not match G {values.shape} (X ~ G W H).")
+    if np.any(W < 0) or np.any(H < 0):
+        raise ValueError(
+            "W and H must be non-negative: element fractions are not defined for a signed "
+            "fit (e.g. SNMF, whose W is signed). Quantify a non-negative fit."
+        )
     factors = values.sum(axis=0)[rows]  # f_e: element column sums
     elements = tuple(label for label, keep in zip(labels, rows, strict=True) if keep)
     intensity = H.sum(axis=1)  # (k,)
@@ -172,6 +177,31 @@ def concentration_table(
     return ConcentrationTable(elements, names, fractions, sd, counts, kind)
 
 
+def _check_phases(phases, k: int) -> list[int]:
+    """``phases`` as a list of distinct phase indices in ``0 .. k - 1`` (all when None)."""
+    if phases is None:
+        return list(range(k))
+    if isinstance(phases, (int, np.integer)) and not isinstance(phases, bool):
+        phases = [phases]
+    try:
+        chosen = list(phases)
+    except TypeError:
+        raise ValueError(
+            f"phases must be a sequence of phase indices in 0..{k - 1}, got {phases!r}."
+        ) from None
+    bad = [
+        p
+        for p in chosen
+        if isinstance(p, (bool, np.bool_)) or not isinstance(p, (int, np.integer)) or not 0 <= p < k
+    ]
+    if bad or not chosen or len(set(chosen)) != len(chosen):
+        raise ValueError(
+            f"phases must be distinct phase indices in 0..{k - 1} (the fit has {k} phases), "
+            f"got {phases!r}."
+        )
+    return [int(p) for p in chosen]
+
+
 def plot_element_contributions(
     W: ArrayLike,
     H: ArrayLike,
@@ -190,19 +220,29 @@ def plot_element_contributions(
     energy : ndarray (n,)
         Channel energies (keV).
     phases : sequence of int, optional
-        Phases to show (default all), one panel each.
+        Phases to show (default all), one panel each; each in ``0 .. k - 1``.
     axes : sequence of matplotlib Axes, optional
+        One per phase shown.
 
     Returns
     -------
     matplotlib Figure
+
+    Raises
+    ------
+    ValueError
+        ``phases`` not distinct indices in ``0 .. k - 1``, or ``axes`` not one per phase.
     """
     import matplotlib.pyplot as plt
 
     values = np.asarray(G.values if hasattr(G, "values") else G, dtype=np.float64)
     W = np.asarray(W, dtype=np.float64)
     intensity = np.asarray(H, dtype=np.float64).sum(axis=1)
-    phases = list(range(W.shape[1])) if phases is None else list(phases)
+    phases = _check_phases(phases, W.shape[1])
+    if axes is not None and len(axes) != len(phases):
+        raise ValueError(
+            f"axes must hold one Axes per phase shown ({len(phases)}), got {len(axes)}."
+        )
     if axes is None:
         fig, axes = plt.subplots(len(phases), 1, figsize=(8, 2.6 * len(phases)), squeeze=False)
         axes = axes[:, 0]

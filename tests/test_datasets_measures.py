@@ -137,6 +137,8 @@ def test_make_spectra_direct():
     np.testing.assert_allclose(spectra.sum(axis=0), 1.0)
     with pytest.raises(ValueError, match="energy"):
         make_spectra(500, 4, energy[:-1], np.random.default_rng(0))
+    with pytest.raises(ValueError, match="n_channels must be at least 2.*got 1"):
+        make_spectra(1, 1, energy[:1], np.random.default_rng(0))
 
 
 @pytest.mark.parametrize(
@@ -147,6 +149,8 @@ def test_make_spectra_direct():
         (dict(shape_2d=5), "shape_2d"),
         (dict(shape_2d=(4.5, 5)), "shape_2d"),
         (dict(n_channels=0), "n_channels"),
+        (dict(n_channels=1), "n_channels must be at least 2"),
+        (dict(n_channels=3, n_phases=3), "n_channels=3.*n_phases"),
         (dict(n_channels=10.0), "n_channels"),
         (dict(n_phases=0), "n_phases"),
         (dict(n_phases=True), "n_phases"),

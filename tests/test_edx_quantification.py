@@ -181,3 +181,75 @@ def test_G_edx_with_an_estimator_object_and_a_signal_mask(phantom):
     assert est.G == "edx"  # the caller's object is untouched
     table = s.concentration_table()
     assert table.values.shape == (3, len(phantom.elements))
+
+
+@pytest.fixture(scope="module")
+def small_fit():
+    data = make_edx_spectrum_image(shape_2d=(12, 12), seed=0)
+    s = data.to_signal()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        s.decomposition(algorithm="SmoothNMF", G="edx", **{**FIT, "max_iter": 100})
+    return data, s
+
+
+@pytest.mark.parametrize("phases", [[5], [3], [-1], [0, 0], [], [1.0], [True], "0"])
+def test_plot_element_contributions_bad_phases(small_fit, phases):
+    _, s = small_fit
+    with pytest.raises(ValueError, match=r"phases must be distinct phase indices in 0\.\.2"):
+        s.plot_element_contributions(phases=phases)
+
+
+def test_plot_element_contributions_chosen_phases(small_fit):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    _, s = small_fit
+    fig = s.plot_element_contributions(phases=[2, 0])
+    assert [ax.get_title() for ax in fig.axes] == ["phase 2", "phase 0"]
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("beam_energy", [200000.0, 0.2, 401.0])
+def test_beam_energy_must_be_in_kev(small_fit, beam_energy):
+    from espm_lite.models import EDXModel
+
+    data, s = small_fit
+    axis = dict(energy_offset=0.2, energy_scale=0.01, n_channels=1980)
+    with pytest.raises(ValueError, match=r"beam_energy is in keV.*1 and 400 keV"):
+        EDXModel(["Fe", "O"], beam_energy, **axis)
+    with pytest.raises(ValueError, match=r"beam_energy is in keV"):
+        s.build_G(beam_energy=beam_energy)
+    with pytest.raises(ValueError, match=r"beam_energy is in keV"):
+        make_edx_spectrum_image(shape_2d=(4, 4), beam_energy=beam_energy)
+    other = data.to_signal()
+    with pytest.raises(ValueError, match=r"beam_energy is in keV"):
+        other.set_microscope_parameters(beam_energy=beam_energy)
+    assert other.metadata.Acquisition_instrument.TEM.beam_energy == 200.0  # unchanged
+    # a value written to the metadata directly is caught when G is built
+    other.metadata.Acquisition_instrument.TEM.beam_energy = beam_energy
+    with pytest.raises(ValueError, match=r"Acquisition_instrument\.TEM\.beam_energy.*keV"):
+        other.build_G()
+    with pytest.raises(ValueError, match=r"Acquisition_instrument\.TEM\.beam_energy"):
+        other.decomposition(algorithm="SmoothNMF", G="edx", output_dimension=3, max_iter=2)
+
+
+def test_set_microscope_parameters_still_sets_the_beam_energy(small_fit):
+    data, _ = small_fit
+    s = data.to_signal()
+    s.set_microscope_parameters(beam_energy=120.0, live_time=2.0)
+    assert s.metadata.Acquisition_instrument.TEM.beam_energy == 120.0
+    assert s.metadata.Acquisition_instrument.TEM.Detector.EDS.live_time == 2.0
+
+
+def test_concentration_table_refuses_a_signed_W(small_fit):
+    data, _ = small_fit
+    W = data.W.copy()
+    H = data.maps
+    table = concentration_table(W, H, data.G)
+    np.testing.assert_allclose(table.values, data.fractions, rtol=1e-10)
+    W[0, 1] = -0.01
+    with pytest.raises(ValueError, match="non-negative"):
+        concentration_table(W, H, data.G)

@@ -275,3 +275,126 @@ def test_low_count_signal_takes_the_sparse_path(caplog):
     )
     assert dense.data_path_ == "dense"
     np.testing.assert_allclose(dense.components_, est.components_, rtol=1e-8, atol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def small():
+    return make_spectrum_image(
+        shape_2d=(10, 12), n_channels=120, n_phases=2, counts_per_pixel=200, seed=1
+    )
+
+
+@pytest.mark.parametrize("name", ["smoothnmf", "SMOOTHNMF", "SmoothNmf"])
+def test_algorithm_names_are_case_insensitive_on_integer_counts(small, name):
+    s = small.to_signal("spectrum_image")
+    assert s.data.dtype.kind == "i"
+    before = s.data.copy()
+    est = s.decomposition(
+        algorithm=name, output_dimension=2, verbose=0, max_iter=5, return_info=True
+    )
+    assert isinstance(est, SmoothNMF)
+    assert s.learning_results.decomposition_algorithm == "SmoothNMF"
+    assert s.data.dtype == before.dtype  # neither converted nor modified
+    np.testing.assert_array_equal(s.data, before)
+
+
+def test_unknown_algorithm_name_lists_the_valid_ones(small):
+    s = small.to_signal("spectrum_image")
+    with pytest.raises(ValueError, match="Unknown decomposition algorithm 'SmothNMF'") as info:
+        s.decomposition(algorithm="SmothNMF", output_dimension=2)
+    message = str(info.value)
+    for name in ["SmoothNMF", "SNMF", "ConvexNMF", "PNMF", "SVD", "passed through to HyperSpy"]:
+        assert name in message
+    assert s.learning_results.factors is None
+
+
+def test_hyperspy_names_are_case_insensitive_too(small):
+    s = small.to_signal("spectrum_image")
+    s.change_dtype("float64")
+    s.decomposition(algorithm="svd", output_dimension=2, print_info=False)
+    assert s.learning_results.decomposition_algorithm == "SVD"
+
+
+def test_output_dimension_is_required_with_a_name(small, caplog):
+    s = small.to_signal("spectrum_image")
+    with pytest.raises(ValueError, match="output_dimension=.*number of phases"):
+        s.decomposition(algorithm="SmoothNMF", verbose=0)
+    assert s.learning_results.factors is None
+    with caplog.at_level(logging.INFO, logger="espm_lite"):
+        est = s.decomposition(
+            algorithm=SmoothNMF(n_components=4, verbose=0, max_iter=3), return_info=True
+        )
+    assert est.n_components_ == 4 and s.learning_results.factors.shape[1] == 4
+    assert "n_components=4" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "keyword, value",
+    [
+        ("centre", "navigation"),
+        ("centre", "signal"),
+        ("reproject", "both"),
+        ("svd_solver", "full"),
+        ("var_array", np.ones(3)),
+        ("var_func", [1.0, 0.0]),
+        ("num_chunks", 4),
+        ("get", "threads"),  # a dask scheduler, on a signal in memory
+    ],
+)
+def test_hyperspy_keywords_that_do_not_apply_are_refused(small, keyword, value):
+    s = small.to_signal("spectrum_image")
+    with pytest.raises(ValueError, match=rf"^{keyword}=.*"):
+        s.decomposition(algorithm="SmoothNMF", output_dimension=2, **{keyword: value})
+    assert s.learning_results.factors is None
+
+
+def test_hyperspy_keywords_that_apply_are_honoured(small, caplog):
+    s = small.to_signal("spectrum_image")
+    before = s.data.copy()
+    params = dict(output_dimension=2, verbose=0, max_iter=5, random_state=0)
+    with caplog.at_level(logging.DEBUG, logger="espm_lite"):
+        s.decomposition(
+            algorithm="SmoothNMF",
+            copy=True,
+            auto_transpose=False,
+            centre=None,
+            reproject=None,
+            print_info=False,
+            **params,
+        )
+    ours = [r for r in caplog.records if r.name.startswith("espm_lite.hyperspy")]
+    assert ours and not [r for r in ours if r.levelno >= logging.INFO]
+    np.testing.assert_array_equal(s.data, before)
+    reference = s.learning_results.factors.copy()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="espm_lite"):
+        s.decomposition(algorithm="SmoothNMF", print_info=True, **params)
+    assert "espm_lite decomposition" in caplog.text
+    np.testing.assert_allclose(s.learning_results.factors, reference)
+    lazy = small.to_signal("spectrum_image").as_lazy()
+    lazy.decomposition(algorithm="SmoothNMF", get="synchronous", **params)
+    np.testing.assert_allclose(lazy.learning_results.factors, reference)
+
+
+def test_signal_without_navigation_is_refused(small):
+    single = small.to_signal("spectrum_image").inav[0, 0]
+    assert single.axes_manager.navigation_dimension == 0
+    with pytest.raises(ValueError, match="navigation size of 2 or more"):
+        single.decomposition(algorithm="SmoothNMF", output_dimension=2, verbose=0)
+    assert single.learning_results.factors is None
+
+
+def test_navigation_mask_of_the_wrong_shape_is_refused(small):
+    s = small.to_signal("spectrum_image")  # navigation (ny, nx) = (10, 12)
+    with pytest.raises(ValueError, match=r"navigation_mask has shape \(4, 30\).*\(10, 12\)"):
+        s.decomposition(
+            algorithm="SmoothNMF", output_dimension=2, navigation_mask=np.zeros((4, 30), bool)
+        )
+    # right shapes: array order, HyperSpy's order, flat
+    for mask in (np.zeros((10, 12), bool), np.zeros((12, 10), bool), np.zeros(120, bool)):
+        mask = mask.copy()
+        mask.flat[0] = True
+        s.decomposition(
+            algorithm="SmoothNMF", output_dimension=2, navigation_mask=mask, verbose=0, max_iter=2
+        )
+        assert np.isnan(s.learning_results.loadings[0]).all()

@@ -94,6 +94,16 @@ class SyntheticSpectrumImage:
         return np.ascontiguousarray(self.X.T).reshape(ny, nx, -1)
 
 
+def _check_n_channels(n_channels) -> int:
+    """``n_channels`` if it is an integer ``>= 2`` (a spectrum needs an energy range)."""
+    n_channels = positive_int("n_channels", n_channels)
+    if n_channels < 2:
+        raise ValueError(
+            f"n_channels must be at least 2 (the peaks need an energy range), got {n_channels}."
+        )
+    return n_channels
+
+
 def make_spectra(
     n_channels: int, n_phases: int, energy: ArrayLike, rng: np.random.Generator
 ) -> np.ndarray:
@@ -102,7 +112,7 @@ def make_spectra(
     Peaks (3 to 6 per phase, widths 0.05-0.15 keV) carry 75-90 % of each
     spectrum; phases are redrawn until every pair is more than 20 degrees apart.
     """
-    n_channels = positive_int("n_channels", n_channels)
+    n_channels = _check_n_channels(n_channels)
     n_phases = positive_int("n_phases", n_phases)
     energy = np.asarray(energy, dtype=np.float64)
     if energy.shape != (n_channels,):
@@ -136,9 +146,10 @@ def make_spectra(
         off_diagonal = angles[~np.eye(n_phases, dtype=bool)]
         if n_phases == 1 or off_diagonal.min() > 20.0:
             return spectra
-    raise RuntimeError(
-        "could not draw phase spectra more than 20 degrees apart; widen the energy range "
-        "(more channels or a larger energy_scale) or use fewer phases."
+    raise ValueError(
+        f"could not draw {n_phases} phase spectra more than 20 degrees apart over "
+        f"n_channels={n_channels} channels: use more channels (or a larger energy_scale) "
+        "or fewer phases (n_phases)."
     )
 
 
@@ -173,9 +184,16 @@ def make_spectrum_image(
     Returns
     -------
     SyntheticSpectrumImage
+
+    Raises
+    ------
+    ValueError
+        Naming the argument: bad sizes (``n_channels < 2``, ``n_phases < 1``,
+        a bad ``shape_2d``), counts or energy axis, or too few channels to
+        draw ``n_phases`` distinct spectra.
     """
     ny, nx = check_shape_2d(shape_2d)
-    n_channels = positive_int("n_channels", n_channels)
+    n_channels = _check_n_channels(n_channels)
     n_phases = positive_int("n_phases", n_phases)
     counts_per_pixel = positive_float("counts_per_pixel", counts_per_pixel)
     energy_scale = positive_float("energy_scale", energy_scale)

@@ -4,7 +4,13 @@ Importing this module imports HyperSpy and exspy; ``import espm_lite`` alone
 does not.
 """
 
-from .decomposition import ALGORITHMS, EspmDecompositionMixin, resolve_estimator
+from .decomposition import (
+    ALGORITHMS,
+    HYPERSPY_ALGORITHMS,
+    EspmDecompositionMixin,
+    canonical_algorithm,
+    resolve_estimator,
+)
 from .signals import (
     EDSespmSpectrum,
     EspmSpectrumImage,
@@ -14,10 +20,12 @@ from .signals import (
 
 __all__ = [
     "ALGORITHMS",
+    "HYPERSPY_ALGORITHMS",
     "EDSespmSpectrum",
     "EspmDecompositionMixin",
     "EspmSpectrumImage",
     "LazyEDSespmSpectrum",
     "LazyEspmSpectrumImage",
+    "canonical_algorithm",
     "resolve_estimator",
 ]

@@ -21,6 +21,7 @@ import numpy as np
 from exspy.signals import EDSTEMSpectrum, LazyEDSTEMSpectrum
 from hyperspy.signals import LazySignal1D, Signal1D
 
+from ..models.edx import BEAM_ENERGY_RANGE_KEV, check_beam_energy
 from .decomposition import EspmDecompositionMixin
 
 _logger = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ def _available_memory() -> int | None:
 class LazyEspmDecompositionMixin(EspmDecompositionMixin):
     """Lazy variant: espm_lite estimators fit the data computed into memory."""
 
-    def _espm_data(self) -> np.ndarray:
+    def _espm_data(self, scheduler=None) -> np.ndarray:
         needed = int(np.prod(self.data.shape)) * max(self.data.dtype.itemsize, 8) * 2
         available = _available_memory()
         if available is not None and needed > LAZY_MEMORY_FRACTION * available:
@@ -52,6 +53,8 @@ class LazyEspmDecompositionMixin(EspmDecompositionMixin):
             "espm_lite: computing the lazy signal into memory (%.2f GB) before fitting.",
             self.data.nbytes / 1e9,
         )
+        if scheduler is not None:
+            return np.asarray(self.data.compute(scheduler=scheduler))
         return np.asarray(self.data.compute())
 
 
@@ -89,6 +92,19 @@ class EDSespmSpectrum(EspmDecompositionMixin, EDSTEMSpectrum):
             return super().get_take_off_angle()
 
     get_take_off_angle.__doc__ = EDSTEMSpectrum.get_take_off_angle.__doc__
+
+    def set_microscope_parameters(self, beam_energy=None, *args, **kwargs):
+        """exspy's ``set_microscope_parameters``; ``beam_energy`` (keV) is checked first.
+
+        Raises
+        ------
+        ValueError
+            ``beam_energy`` outside the plausible range of keV
+            (:data:`~espm_lite.models.edx.BEAM_ENERGY_RANGE_KEV`), e.g. given in eV.
+        """
+        if beam_energy is not None:
+            beam_energy = check_beam_energy(beam_energy)
+        return super().set_microscope_parameters(beam_energy, *args, **kwargs)
 
     # ------------------------------------------------------------ EDX physics
     def edx_model(self, elements=None, beam_energy=None, **model_kwargs):
@@ -131,6 +147,13 @@ class EDSespmSpectrum(EspmDecompositionMixin, EDSTEMSpectrum):
             path = "Acquisition_instrument.TEM.beam_energy"
             if self.metadata.has_item(path):
                 beam_energy = float(self.metadata.get_item(path))
+                low, high = BEAM_ENERGY_RANGE_KEV
+                if not low <= beam_energy <= high:
+                    problems.append(
+                        f"metadata.{path} is {beam_energy:g}, but the beam energy is in keV, "
+                        f"between {low:g} and {high:g} keV (eV by mistake?): set it with "
+                        "s.set_microscope_parameters(beam_energy=200)"
+                    )
             else:
                 problems.append(
                     f"no beam energy: set metadata.{path} (keV) with "
@@ -172,16 +195,6 @@ class EDSespmSpectrum(EspmDecompositionMixin, EDSTEMSpectrum):
         """
         return self.edx_model(elements, beam_energy, **model_kwargs).build_G()
 
-    def _fitted_edx(self):
-        estimator = self.espm_estimator
-        G = None if estimator is None else estimator.get_params(deep=False).get("G")
-        if G is None or not hasattr(G, "labels"):
-            raise ValueError(
-                "No EDX fit: run s.decomposition(algorithm='SmoothNMF', G='edx', ...) "
-                "(or G=s.build_G(...)) first."
-            )
-        return estimator, G
-
     def concentration_table(self, kind: str = "atomic"):
         """Element fractions of every phase of the last ``G="edx"`` decomposition.
 
@@ -195,17 +208,37 @@ class EDSespmSpectrum(EspmDecompositionMixin, EDSTEMSpectrum):
         -------
         espm_lite.quantification.ConcentrationTable
             Printable; values, counting-statistics uncertainties and counts.
+
+        Raises
+        ------
+        ValueError
+            No ``G="edx"`` fit is the current decomposition (none was run,
+            or another decomposition or a blind source separation came
+            since), or the fit is signed (negative ``W``, e.g. SNMF).
+
+        Notes
+        -----
+        Works on a signal loaded from a file: the fit's ``G`` and ``W`` are
+        saved in ``learning_results`` (``espm_parameters["G"]``, ``espm_W``)
+        and the maps are the loadings.
         """
         from ..models.edx import atomic_weights
         from ..quantification import concentration_table
 
-        estimator, G = self._fitted_edx()
+        if kind not in ("atomic", "weight"):
+            raise ValueError(f"kind must be 'atomic' or 'weight', got {kind!r}.")
+        W, H, G = self._espm_fit_record()
         elements = G.element_labels
         weights = atomic_weights(elements) if kind == "weight" else None
-        return concentration_table(estimator.W_, estimator.H_, G, kind=kind, atomic_weights=weights)
+        return concentration_table(W, H, G, kind=kind, atomic_weights=weights)
 
     def plot_element_contributions(self, phases=None):
         """Each phase spectrum with its element and background contributions stacked.
+
+        Parameters
+        ----------
+        phases : sequence of int, optional
+            Phases to show (default all), each in ``0 .. n_phases - 1``.
 
         Returns
         -------
@@ -213,13 +246,13 @@ class EDSespmSpectrum(EspmDecompositionMixin, EDSTEMSpectrum):
         """
         from ..quantification import plot_element_contributions
 
-        estimator, G = self._fitted_edx()
+        W, H, G = self._espm_fit_record()
         axis = self.axes_manager.signal_axes[0]
         energy = np.asarray(axis.axis, dtype=np.float64)
         mask = getattr(self.learning_results, "signal_mask", None)
         if mask is not None:
             energy = energy[~np.asarray(mask, dtype=bool).ravel()]
-        return plot_element_contributions(estimator.W_, estimator.H_, G, energy, phases=phases)
+        return plot_element_contributions(W, H, G, energy, phases=phases)
 
 
 class LazyEDSespmSpectrum(LazyEspmDecompositionMixin, EDSespmSpectrum, LazyEDSTEMSpectrum):

@@ -90,16 +90,41 @@ from .xray_physics import (
 )
 
 __all__ = [
+    "BEAM_ENERGY_RANGE_KEV",
     "FAMILY_SHELL",
     "FLUORESCENCE_A",
     "MN_KA",
     "EDXModel",
     "atomic_to_weight_fractions",
     "atomic_weights",
+    "check_beam_energy",
     "default_detector_efficiency",
     "fwhm_at",
     "weight_to_atomic_fractions",
 ]
+
+#: Plausible electron-beam energies (keV) of SEM and TEM EDX: outside, a unit mistake.
+BEAM_ENERGY_RANGE_KEV = (1.0, 400.0)
+
+
+def check_beam_energy(beam_energy) -> float:
+    """``beam_energy`` as a float if it is a plausible beam energy in keV.
+
+    Raises
+    ------
+    ValueError
+        Not a number in :data:`BEAM_ENERGY_RANGE_KEV` (e.g. 200000, eV by mistake).
+    """
+    value = positive_float("beam_energy", beam_energy)
+    low, high = BEAM_ENERGY_RANGE_KEV
+    if not low <= value <= high:
+        hint = f" ({value:g} eV is {value / 1000:g} keV)" if value > high else ""
+        raise ValueError(
+            f"beam_energy is in keV and must be between {low:g} and {high:g} keV, got "
+            f"{beam_energy!r}{hint}."
+        )
+    return value
+
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +137,7 @@ class EDXModel:
     elements : sequence of str
         Element symbols (exspy's database), one column of ``G`` each.
     beam_energy : float
-        keV.
+        keV, in :data:`BEAM_ENERGY_RANGE_KEV` (1 to 400 keV).
     energy_offset, energy_scale : float
         keV; channel ``i`` is at ``energy_offset + i * energy_scale`` (its centre).
     n_channels : int
@@ -210,7 +235,7 @@ class EDXModel:
         if unknown:
             raise ValueError(f"Unknown elements {unknown}: not in exspy's elements database.")
         self.elements = tuple(elements)
-        self.beam_energy = positive_float("beam_energy", beam_energy)
+        self.beam_energy = check_beam_energy(beam_energy)
         self.energy_offset = finite_float("energy_offset", energy_offset)
         self.energy_scale = positive_float("energy_scale", energy_scale)
         self.n_channels = positive_int("n_channels", n_channels)
