@@ -18,13 +18,13 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from .. import kernels
+from .._fixed import exact_fixed
 from .._initialization import INIT_METHODS
 from .._loop import History, run
 from .._monitor import truth_monitor
 from .._problem import (
     Problem,
     evaluation_problem,
-    exact_fixed,
     internal_layout,
     prepare,
     validate_input,
