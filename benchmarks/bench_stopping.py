@@ -28,8 +28,10 @@ reference and ran at most twice the needed iterations.  ``ref!`` marks rows
 whose reference reached ``--ref-max-iter`` (the reference itself may not be
 converged there).
 
-Rows: ``SmoothNMF``, ``PNMF``, ``ConvexNMF``, ``SNMF`` (on the phantom
-centred per channel: semi-NMF wants signed data) as estimators, and the
+Rows: ``SmoothNMF``, ``PNMF``, ``ConvexNMF``, ``SNMF`` (on signed data: the
+phantom minus half its per-channel mean; not the full mean: the abundances
+sum to one, so fully centred data have rank ``k - 1`` and semi-NMF's maps are
+then not identifiable, they drift for ever) as estimators, and the
 HyperSpy algorithm names, which build the same estimators with
 ``normalize=True`` (:func:`espm_lite.hyperspy.decomposition.resolve_estimator`).
 
@@ -148,20 +150,21 @@ def needed_iterations(traj: np.ndarray) -> int:
     return 0 if bad.size == 0 else int(bad[-1]) + 1
 
 
-def phantom(counts: float, k: int, shape_2d, n_channels: int, centred: bool):
+def phantom(counts: float, k: int, shape_2d, n_channels: int, signed: bool):
+    """The counts ``(n, p)``; ``signed``: minus half the per-channel mean (still rank k)."""
     ph = make_spectrum_image(
         shape_2d=shape_2d, n_channels=n_channels, n_phases=k, counts_per_pixel=counts, seed=k
     )
     X = ph.X
-    if centred:
-        X = X - X.mean(axis=1, keepdims=True)
+    if signed:
+        X = X - 0.5 * X.mean(axis=1, keepdims=True)
     return X
 
 
 def bench_row(row: str, counts: float, k: int, args) -> dict:
     cls, hs_name, lambda_L, normalize = ROWS[row]
     shape_2d = (args.size, args.size)
-    X = phantom(counts, k, shape_2d, args.channels, centred=cls is SNMF)
+    X = phantom(counts, k, shape_2d, args.channels, signed=cls is SNMF)
     params = {"n_components": k, "random_state": 0, "verbose": 0}
     if lambda_L:
         params.update(lambda_L=lambda_L, shape_2d=shape_2d)
