@@ -283,11 +283,13 @@ def main(argv=None) -> list[dict]:
     passed = sum(r["passed"] for r in results)
     accurate = sum(r["accurate"] for r in results)
     capped = sum(r["ref_capped"] for r in results)
+    unproven = sum(r["unproven"] for r in results)
     ratios = np.array([r["ratio"] for r in results])
     print(
         f"summary: {passed}/{n} pass, {accurate}/{n} within {ANGLE_TOL}° and "
         f"{MAP_TOL:.0%} of the reference, iterations/needed median {np.median(ratios):.2f} "
-        f"max {ratios.max():.2f}; {capped} references capped at max_iter "
+        f"max {ratios.max():.2f}; {capped} references capped at max_iter, {unproven} rows "
+        f"with both fits at their caps "
         f"({time.perf_counter() - t0:.0f} s)"
     )
     return results
