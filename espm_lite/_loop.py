@@ -18,11 +18,12 @@ the factors is
           \frac{\|M_t - M_{t-1}\|_F}{\|M_t\|_F}\right),
 
 and the loop stops when :math:`\delta < \mathrm{tol}` at
-:data:`STOP_WINDOW` consecutive iterations. ``delta`` is scale-free (the
-same on ``c X`` for any ``c``, it does not depend on the size of the
-objective, which for Poisson data is dominated by the noise floor) and it
-measures the quantity of interest: a change of ``delta`` in a spectrum
-moves its angle by at most ``delta`` radians. The objective's relative
+:data:`STOP_WINDOW` consecutive iterations. ``delta`` is scale-free
+(unchanged when the data and the iterates are multiplied by a constant, and
+independent of the size of the objective, which for Poisson data is
+dominated by the noise floor) and it measures the quantity of interest: the
+spectra and maps the estimator returns (a relative change ``delta`` of a
+spectrum turns it by at most ``arcsin(delta)``). The objective's relative
 change ``|F_{t-1} - F_t| / |F_t|`` (espm's rule, and the one used
 before) is still recorded as ``rel_change``; ``delta`` as ``factor_change``.
 
