@@ -10,14 +10,30 @@ Contract of a step: ``solver.step`` turns the iterate ``Z_{t-1}`` into
 objective of an iterate is therefore known one iteration later, and two
 snapshots of the (small) factors are kept so that an increase can be undone.
 
-Stopping rule: the loop stops when
+Stopping rule: with ``(D_t, M_t)`` the spectra and maps of iterate ``t``
+(``solver.monitored``, what the estimator returns), the relative change of
+the factors is
 
-.. math:: |F_{t-1} - F_t| \,/\, |F_t| < \mathrm{tol},
+.. math:: \delta_t = \max\left(\frac{\|D_t - D_{t-1}\|_F}{\|D_t\|_F},
+          \frac{\|M_t - M_{t-1}\|_F}{\|M_t\|_F}\right),
 
-or when the objective increases (``F_t > F_{t-1} (1 + 10^{-12})``: the
-previous iterate is restored and the fit stops, unless the solver's
-``on_increase`` asks to go on, e.g. after halving a step), or after
+and the loop stops when :math:`\delta < \mathrm{tol}` at
+:data:`STOP_WINDOW` consecutive iterations. ``delta`` is scale-free
+(unchanged when the data and the iterates are multiplied by a constant, and
+independent of the size of the objective, which for Poisson data is
+dominated by the noise floor) and it measures the quantity of interest: the
+spectra and maps the estimator returns (a relative change ``delta`` of a
+spectrum turns it by at most ``arcsin(delta)``). The objective's relative
+change ``|F_{t-1} - F_t| / |F_t|`` (espm's rule, and the one used
+before) is still recorded as ``rel_change``; ``delta`` as ``factor_change``.
+
+The fit also stops when the objective increases (``F_t > F_{t-1} (1 +
+10^{-12})``: the previous iterate is restored and the fit stops, unless the
+solver's ``on_increase`` asks to go on, e.g. after halving a step), or after
 ``max_iter`` iterations (then a ``ConvergenceWarning``).
+
+The choice of the rule and of the defaults is measured in
+``benchmarks/bench_stopping.py`` (see ``docs/maths.md``, "Stopping rule").
 """
 
 from __future__ import annotations
@@ -36,6 +52,9 @@ logger = logging.getLogger(__name__)
 #: Relative increase of the objective tolerated as rounding.
 INCREASE_RTOL = 1e-12
 
+#: Consecutive iterations with a relative factor change below ``tol`` before stopping.
+STOP_WINDOW = 10
+
 Monitor = Callable[..., dict]
 
 
@@ -47,19 +66,24 @@ class History:
     ----------
     rows : list of dict
         One row per accepted iterate: ``full_loss``, the data term, the
-        penalties (all per data entry), ``rel_change`` and the monitor's values.
+        penalties (all per data entry), ``rel_change`` (relative change of the
+        objective), ``factor_change`` (relative change of the factors, the
+        stopping measure) and the monitor's values.
     n_iter : int
         Iterations run.
     final_terms : dict
         Objective terms (totals) of the final iterate.
     converged : bool
         The stopping rule was met (or the objective stopped decreasing).
+    calm : int
+        Consecutive iterations (up to now) with ``factor_change < tol``.
     """
 
     rows: list = field(default_factory=list)
     n_iter: int = 0
     final_terms: dict = field(default_factory=dict)
     converged: bool = False
+    calm: int = 0
 
     def as_array(self, names: tuple[str, ...]) -> np.ndarray:
         """The rows as a structured array with the fields ``names`` first."""
@@ -102,6 +126,20 @@ def _relative_change(f_older: float, f: float) -> float:
     return abs(f_older - f) / max(abs(f), np.finfo(np.float64).tiny)
 
 
+def _factors(solver, problem, state) -> tuple[np.ndarray, ...]:
+    """Copies of the spectra and maps of the iterate (float64)."""
+    return tuple(np.array(a, dtype=np.float64) for a in solver.monitored(problem, state))
+
+
+def factor_change(older: tuple[np.ndarray, ...], newer: tuple[np.ndarray, ...]) -> float:
+    """``max_i ||newer_i - older_i||_F / ||newer_i||_F``: the stopping measure."""
+    tiny = np.finfo(np.float64).tiny
+    return max(
+        float(np.linalg.norm(b - a)) / max(float(np.linalg.norm(b)), tiny)
+        for a, b in zip(older, newer, strict=True)
+    )
+
+
 def run(
     solver,
     problem,
@@ -128,10 +166,14 @@ def run(
     state
         Has ``snapshot()``, ``restore(snapshot)`` and ``finite()``.
     tol, max_iter, no_stop
-        Stopping rule (``no_stop``: exactly ``max_iter`` iterations).
+        Stopping rule: stop when the relative change of the factors is below
+        ``tol`` at :data:`STOP_WINDOW` consecutive iterations (``no_stop``:
+        exactly ``max_iter`` iterations).
     monitor : callable, optional
         ``monitor(problem, solver, state) -> dict`` of extra history values
-        (e.g. angles to the true spectra), evaluated at every iterate.
+        (e.g. angles to the true spectra), evaluated at every iterate.  The
+        solver also has ``monitored(problem, state) -> (spectra, maps)``, the
+        factors of the stopping rule.
     verbose : int
         0 hides the tqdm progress bar.
     eval_print : int
@@ -145,15 +187,20 @@ def run(
         tol, max_iter, no_stop, problem.n_entries, name, eval_print, tuple(solver.names)
     )
 
-    def measure() -> dict:
-        return {} if monitor is None else monitor(problem, solver, state)
+    factors = [_factors(solver, problem, state)]  # of the newest iterate
+
+    def measure(change: float = np.nan) -> dict:
+        out = {"factor_change": change}
+        if monitor is not None:
+            out.update(monitor(problem, solver, state))
+        return out
 
     history = History()
     snaps = [(state.snapshot(), measure())]
     bar = tqdm(total=max_iter, disable=not verbose, desc=name, leave=False)
     try:
         f_older, terms_older, stopped = _iterate(
-            solver, problem, state, settings, history, snaps, measure, bar, debug
+            solver, problem, state, settings, history, snaps, measure, factors, bar, debug
         )
     finally:
         bar.close()
@@ -161,7 +208,7 @@ def run(
     return history
 
 
-def _iterate(solver, problem, state, settings, history, snaps, measure, bar, debug):
+def _iterate(solver, problem, state, settings, history, snaps, measure, factors, bar, debug):
     """The iterations; returns ``(F of the last iterate, its terms, stopped on increase)``."""
     f_older = terms_older = None  # objective of Z_{t-2}
     for it in range(1, settings.max_iter + 1):
@@ -184,12 +231,13 @@ def _iterate(solver, problem, state, settings, history, snaps, measure, bar, deb
             if solver.on_increase(state):
                 snaps[:] = [snaps[-2]]
                 f_older = terms_older = None
+                factors[0] = _factors(solver, problem, state)
+                history.calm = 0
                 continue
             return f_older, terms_older, True
         if f_older is not None:
             rel = _relative_change(f_older, f)
             history.rows.append(_row(settings, terms, rel, snaps[-1][1]))
-            history.converged = rel < settings.tol and not settings.no_stop
             if it % settings.eval_print == 0:
                 bar.set_postfix(loss=f"{f / settings.n_entries:.6g}")
                 logger.debug(
@@ -199,7 +247,12 @@ def _iterate(solver, problem, state, settings, history, snaps, measure, bar, deb
                     f / settings.n_entries,
                 )
         f_older, terms_older = f, terms
-        snaps[:] = [snaps[-1], (state.snapshot(), measure())]
+        newest = _factors(solver, problem, state)  # of Z_it
+        change = factor_change(factors[0], newest)
+        factors[0] = newest
+        history.calm = history.calm + 1 if change < settings.tol else 0
+        history.converged = history.calm >= STOP_WINDOW and not settings.no_stop
+        snaps[:] = [snaps[-1], (state.snapshot(), measure(change))]
         if history.converged:
             break
     return f_older, terms_older, False
@@ -220,11 +273,11 @@ def _finish(solver, problem, state, settings, history, snaps, f_older, terms_old
             rel = np.nan if f_older is None else _relative_change(f_older, f)
             history.rows.append(_row(settings, final, rel, snaps[-1][1]))
             history.final_terms = final
-            history.converged = history.converged or rel < settings.tol
     if not (history.converged or settings.no_stop):
         warnings.warn(
             f"{settings.name} reached max_iter={settings.max_iter} before the relative "
-            f"objective change fell below tol={settings.tol}; increase max_iter.",
+            f"change of the factors stayed below tol={settings.tol} for {STOP_WINDOW} "
+            "iterations; increase max_iter.",
             ConvergenceWarning,
             stacklevel=4,
         )
