@@ -15,9 +15,6 @@ from espm_lite._loop import STOP_WINDOW, factor_change
 from espm_lite.datasets import make_spectrum_image
 from espm_lite.measures import matched_angles
 
-#: The defaults measured in benchmarks/bench_stopping.py (docs/maths.md, section 7).
-RECOMMENDED_TOL = 3e-6
-
 SHAPE = (12, 12)
 
 
@@ -36,11 +33,6 @@ def _fit(cls, X, **params):
     return est, spectra
 
 
-@pytest.mark.xfail(
-    SmoothNMF().tol > RECOMMENDED_TOL or SmoothNMF().max_iter < 2000,
-    reason="SmoothNMF defaults not yet set to the measured tol/max_iter",
-    strict=True,
-)
 def test_default_fit_is_within_half_a_degree_of_a_converged_fit(phantom):
     default, spectra = _fit(SmoothNMF, phantom.X)
     reference, ref_spectra = _fit(SmoothNMF, phantom.X, tol=1e-9, max_iter=20000)

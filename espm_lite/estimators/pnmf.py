@@ -105,9 +105,8 @@ class PNMF(NMFEstimator):
 
     Initialisation: ``mu = log A0`` with ``A0`` the base initialisation of the
     maps (NNDSVDa), floored at ``1e-3`` of each column's mean; prior from
-    ``mu``; ``sigma^2`` from step 3.  The loop stops when the relative change
-    of ``-ELBO`` falls below ``tol`` (``losses_`` holds ``-ELBO`` per data
-    entry).
+    ``mu``; ``sigma^2`` from step 3.  The loop stops on the relative change of
+    the factors (see ``tol``; ``losses_`` holds ``-ELBO`` per data entry).
 
     Parameters
     ----------
@@ -122,14 +121,11 @@ class PNMF(NMFEstimator):
         pixel); ``None``: empirical Bayes.
     prior_var : float, array-like of shape (n_components,) or None, default=None
         Fixed prior variance ``s^2`` (> 0); ``None``: empirical Bayes.
-    tol : float, default=1e-6
-        Stop when the relative change of ``-ELBO`` is below ``tol``. Smaller
-        than the base default: ``-ELBO`` holds ``sum log X!`` and the
-        Poisson entropy, so its relative changes are smaller than those of a
-        KL divergence, and the minorise-maximise steps converge slowly along
-        the directions that NMF leaves nearly free (expect a few hundred
-        iterations).
-    max_iter : int, default=1000
+    tol : float, default=3e-6
+        Stop when the relative change of the spectra and posterior mean maps
+        stays below ``tol`` for 10 consecutive iterations (the rule of every
+        estimator, see :class:`NMFEstimator`); ``losses_`` holds ``-ELBO``.
+    max_iter : int, default=10000
     init, random_state, verbose, debug, G, log_shift, \
 eval_print, true_D, true_H, fixed_W, hspy_comp, no_stop_criterion, simplex_W, \
 sparse, dtype
@@ -216,8 +212,8 @@ sparse, dtype
         prior_mean=None,
         prior_var=None,
         init=None,
-        tol=1e-6,
-        max_iter=1000,
+        tol=3e-6,
+        max_iter=10000,
         random_state=None,
         verbose=1,
         debug=False,
@@ -298,7 +294,7 @@ sparse, dtype
             init=self.init,
             rng=self._rng,
             random_state=self.random_state,
-            row_solve=self._row_solve(1000),
+            row_solve=self._row_solve(),
         )
 
     # ----------------------------------------------------------- transform
@@ -309,13 +305,13 @@ sparse, dtype
         fixed at the fitted ones and each pixel's posterior ``q(F_i)`` is
         solved on its own by the ``mu`` / ``sigma`` steps (Jensen bound) from
         a least-squares start, until ``|Δmu|`` and ``|Δsigma^2|`` fall below
-        ``tol / 100`` (at most ``max(max_iter, 1000)`` steps): any subset of
+        1e-8 (at most 1000 steps, :mod:`espm_lite.kernels.rows`): any subset of
         pixels gives the same rows. Returns ``E_q[e^F]`` ``(p', k)``.
 
         ``hspy_comp=False``: ``X`` ``(n', p)`` holds new channels of the
         training pixels; returns the spectra ``(n', k)`` that maximise the
         ELBO with the fitted posterior of the maps fixed (no simplex), each
-        channel solved on its own by the multiplicative step 4.
+        channel solved on its own, exactly (projected Newton).
 
         Parameters
         ----------
@@ -351,7 +347,7 @@ sparse, dtype
     def _solve(self, X):
         X = self._transform_input(X)
         dtype = X.dtype
-        solve = self._row_solve(1000)
+        solve = self._row_solve()
         options = dict(
             sparse=solve.sparse, max_passes=solve.max_passes, change_tol=solve.change_tol
         )

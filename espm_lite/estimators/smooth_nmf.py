@@ -105,8 +105,8 @@ hspy_comp, no_stop_criterion, simplex_H, simplex_W, sparse, dtype
         n_components=2,
         *,
         init=None,
-        tol=1e-4,
-        max_iter=200,
+        tol=3e-6,
+        max_iter=10000,
         random_state=None,
         verbose=1,
         debug=False,
@@ -226,7 +226,7 @@ hspy_comp, no_stop_criterion, simplex_H, simplex_W, sparse, dtype
             simplex_tol=self._simplex_tol(),
             init=self.init,
             rng=self._rng,
-            row_solve=self._row_solve(500),
+            row_solve=self._row_solve(),
         )
 
     def _sparsity(self, dtype) -> tuple[np.ndarray, float] | None:

@@ -19,6 +19,11 @@ from .newton_rows import newton_rows
 from .simplex import mu_update
 from .sparse_data import choose_path, prepare_data
 
+#: A row of an iterative (multiplicative) solve stops below this relative change...
+ROW_CHANGE_TOL = 1e-8
+#: ...or after this many passes over the data.
+ROW_MAX_PASSES = 1000
+
 #: ``update(rows, negative, positive, active) -> (new rows, change per row)``.
 RowUpdate = Callable[[slice, np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
