@@ -85,6 +85,19 @@ class History:
     converged: bool = False
     calm: int = 0
 
+    def replace_final(self, terms: dict, n_entries: int, names: tuple[str, ...]) -> None:
+        """The final iterate changed after the loop (a solver's polish): record it.
+
+        ``terms`` becomes ``final_terms``, and the objective fields of the last
+        row (the final iterate) show it; the change fields stay those of the loop.
+        """
+        self.final_terms = terms
+        if self.rows:
+            self.rows[-1]["full_loss"] = sum(terms.values()) / n_entries
+            self.rows[-1][names[0]] = terms["data"] / n_entries
+            for name in names[1:]:
+                self.rows[-1][name] = terms.get(name, 0.0) / n_entries
+
     def as_array(self, names: tuple[str, ...]) -> np.ndarray:
         """The rows as a structured array with the fields ``names`` first."""
         names = list(names)

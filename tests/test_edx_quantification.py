@@ -13,7 +13,7 @@ from espm_lite.datasets import make_edx_spectrum_image  # noqa: E402
 from espm_lite.measures import match_components  # noqa: E402
 from espm_lite.quantification import concentration_table  # noqa: E402
 
-FIT = dict(output_dimension=3, random_state=0, verbose=0, tol=1e-6, max_iter=3000)
+FIT = dict(output_dimension=3, random_state=0, verbose=0, max_iter=3000)
 
 
 @pytest.fixture(autouse=True)

@@ -38,7 +38,7 @@ def phantom():
 def test_snmf_recovers_signed_spectra_monotonically(centred_phantom):
     X, true_spectra, _ = centred_phantom
     assert (true_spectra < 0).any() and (true_spectra > 0).any()
-    est = SNMF(n_components=3, tol=1e-8, max_iter=8000, random_state=0, verbose=0)
+    est = SNMF(n_components=3, max_iter=8000, random_state=0, verbose=0)
     D = est.fit_transform(X)
     assert D.shape == (300, 3) and est.H_.shape == (3, 1600)
     assert np.all(est.H_ >= 0)
@@ -79,7 +79,7 @@ def test_snmf_two_components_give_two(centred_phantom):
 def test_snmf_sparsity_is_not_degenerate(centred_phantom):
     """The L1 term does not shrink the maps to zero by growing the spectra."""
     X, _, _ = centred_phantom
-    kwargs = dict(n_components=3, random_state=0, verbose=0, tol=1e-6, max_iter=2000)
+    kwargs = dict(n_components=3, random_state=0, verbose=0, max_iter=2000)
     plain = SNMF(**kwargs).fit(X)
     sparse = SNMF(sparsity=5.0, **kwargs).fit(X)
     for est in (plain, sparse):
@@ -93,7 +93,7 @@ def test_snmf_transform_is_nnls(centred_phantom):
     from scipy.optimize import nnls
 
     X, _, _ = centred_phantom
-    est = SNMF(n_components=3, random_state=0, verbose=0, hspy_comp=True, max_iter=300, tol=1e-6)
+    est = SNMF(n_components=3, random_state=0, verbose=0, hspy_comp=True, max_iter=300)
     maps = est.fit_transform(X.T)
     np.testing.assert_allclose(est.transform(X.T), maps, atol=1e-8 * np.abs(maps).max())
     rows = [3, 500, 1599]
@@ -139,7 +139,7 @@ def test_convex_spectra_are_convex_combinations_of_pixels(phantom, solver):
 def test_convex_recovers_pure_spectra(phantom, solver):
     """Every phase is (nearly) pure in some pixels: the spectra are recovered."""
     assert np.all(phantom.maps.max(axis=1) > 0.99)
-    est = ConvexNMF(n_components=3, solver=solver, tol=1e-7, max_iter=1500, random_state=0)
+    est = ConvexNMF(n_components=3, solver=solver, max_iter=1500, random_state=0)
     est.set_params(verbose=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -148,7 +148,7 @@ def test_convex_recovers_pure_spectra(phantom, solver):
 
 
 def test_convex_mu_and_pgd_reach_similar_objectives(phantom):
-    kwargs = dict(n_components=3, tol=1e-7, max_iter=800, random_state=0, verbose=0)
+    kwargs = dict(n_components=3, max_iter=800, random_state=0, verbose=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         mu = ConvexNMF(solver="mu", **kwargs).fit(phantom.X)
@@ -157,7 +157,7 @@ def test_convex_mu_and_pgd_reach_similar_objectives(phantom):
 
 
 def test_convex_l1_penalty_sparsifies_maps(phantom):
-    kwargs = dict(n_components=3, max_iter=400, tol=1e-6, random_state=0, verbose=0)
+    kwargs = dict(n_components=3, max_iter=400, random_state=0, verbose=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         plain = ConvexNMF(**kwargs).fit(phantom.X)

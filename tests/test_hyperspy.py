@@ -93,7 +93,7 @@ def test_eds_class_keeps_exspy_features(phantom):
 def test_decomposition_recovers_spectra(phantom, signal_type):
     s = as_signal(phantom, signal_type)  # integer counts
     before = s.data.copy()
-    user_est = SmoothNMF(n_components=3, tol=1e-6, max_iter=2000, random_state=0, verbose=0)
+    user_est = SmoothNMF(n_components=3, max_iter=2000, random_state=0, verbose=0)
     params_before = user_est.get_params()
     fitted = s.decomposition(algorithm=user_est, return_info=True)
     assert np.all(angles_of(s, phantom) < 5)
@@ -115,7 +115,7 @@ def test_decomposition_recovers_spectra(phantom, signal_type):
 def test_plain_signal_explicit_form_gives_same_answer(phantom):
     plain = as_signal(phantom, dtype=np.float64)
     ours = as_signal(phantom, "spectrum_image")
-    params = dict(n_components=3, random_state=0, verbose=0, tol=1e-6, max_iter=2000)
+    params = dict(n_components=3, random_state=0, verbose=0, max_iter=2000)
     plain.decomposition(
         algorithm=SmoothNMF(
             hspy_comp=True, shape_2d=plain.axes_manager.navigation_shape[::-1], **params
@@ -179,7 +179,6 @@ def test_navigation_mask(phantom):
         navigation_mask=mask,
         verbose=0,
         random_state=0,
-        tol=1e-6,
         max_iter=2000,
     )
     loadings = s.get_decomposition_loadings().data
@@ -241,7 +240,6 @@ def test_lazy_signal_computes_then_fits(phantom, caplog):
             output_dimension=3,
             verbose=0,
             random_state=0,
-            tol=1e-6,
             max_iter=2000,
         )
     assert "computing the lazy signal into memory" in caplog.text

@@ -80,8 +80,11 @@ def test_sparse_and_dense_paths_give_the_same_iterates(counts, algo, name):
         sparse, D_sparse = _fit(sp.csr_matrix(counts), "auto", **params)
     assert dense.data_path_ == "dense"
     assert sparse.data_path_ == "sparse"
-    np.testing.assert_allclose(D_sparse, D_dense, rtol=1e-8, atol=1e-12)
-    np.testing.assert_allclose(sparse.H_, dense.H_, rtol=1e-8, atol=1e-12)
+    # The fit ends with the exact solve of the sample-side factor (the spectra here):
+    # its optimum moves by the conditioning of the problem (~1e7 for nearly collinear
+    # maps) times the rounding differences of the two paths, hence 1e-7, not 1e-8.
+    np.testing.assert_allclose(D_sparse, D_dense, rtol=1e-7, atol=1e-12)
+    np.testing.assert_allclose(sparse.H_, dense.H_, rtol=1e-7, atol=1e-12)
     np.testing.assert_allclose(sparse.losses_, dense.losses_, rtol=1e-10)
     assert sparse.n_iter_ == dense.n_iter_
     np.testing.assert_allclose(sparse.reconstruction_err_, dense.reconstruction_err_, rtol=1e-10)
@@ -132,7 +135,7 @@ def test_sparse_formats_and_integer_counts(counts, fmt, int_counts):
     est, D = _fit(X, "auto")
     assert est.data_path_ == "sparse"
     _, D_ref = _fit(counts, False)
-    np.testing.assert_allclose(D, D_ref, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(D, D_ref, rtol=1e-7, atol=1e-12)  # see the test above
     # The caller's matrix is unchanged (values, structure, type).
     assert X.format == fmt and X.dtype == before.dtype
     assert (X != before).nnz == 0

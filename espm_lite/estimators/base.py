@@ -322,7 +322,7 @@ class NMFEstimator(
         )
         final = solver.polish(problem, state)
         if final is not None:
-            history.final_terms = final
+            history.replace_final(final, problem.n_entries, solver.names)
         return self._set_fitted(problem, solver, state, history)
 
     def _set_fitted(self, problem: Problem, solver: Solver, state, history: History):
