@@ -231,6 +231,13 @@ def _iterate(solver, problem, state, settings, history, snaps, measure, factors,
             raise FloatingPointError(f"Non-finite factor at iteration {it}.")
         bar.update(1)
         f = sum(terms.values())  # F(Z_{it-1})
+        if not np.isfinite(f):
+            raise FloatingPointError(
+                f"{settings.name}: the objective is not finite at iteration {it - 1} "
+                f"({', '.join(f'{k}={v:.4g}' for k, v in terms.items())}): the data or the "
+                "parameters overflow the computation (very large counts or regularisation "
+                "strengths); rescale them."
+            )
         if _increased(settings, f, f_older):
             logger.info(
                 "%s: objective increased at iteration %d (%.10g -> %.10g); "

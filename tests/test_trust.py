@@ -189,3 +189,25 @@ def test_a_callable_G_cannot_change_the_data(sparse, phantom):
     np.testing.assert_array_equal(
         X.toarray() if sparse else X, original.toarray() if sparse else original
     )
+
+
+def test_a_non_finite_objective_stops_the_fit_with_a_clear_error(phantom):
+    from espm_lite import _loop
+    from espm_lite._problem import prepare
+
+    est = SmoothNMF(n_components=2, verbose=0)
+    problem = prepare(est, phantom.X)
+    solver = est._solver(problem)
+    state = solver.start(problem)
+
+    class Overflowing:
+        names = solver.names
+
+        def step(self, problem, state):
+            return {"data": np.inf, "Lapl_reg_loss": 0.0, "log_reg_loss": 0.0}
+
+        def __getattr__(self, name):
+            return getattr(solver, name)
+
+    with pytest.raises(FloatingPointError, match="objective is not finite.*data=inf"):
+        _loop.run(Overflowing(), problem, state, tol=1e-6, max_iter=5, verbose=0, name="X")
