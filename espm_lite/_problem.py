@@ -152,6 +152,13 @@ class Problem:
         return free
 
 
+def _with_G(G: np.ndarray | None) -> dict:
+    """The ``G`` fields of a :class:`Problem`: ``G`` and its products, computed once."""
+    if G is None:
+        return {"G": None, "G_colsum": None, "GtG": None}
+    return {"G": G, "G_colsum": G.sum(axis=0), "GtG": G.T @ G}
+
+
 def internal_layout(X, hspy_comp: bool):
     """``X`` in the (p, n) layout: C-contiguous dense, or CSR without duplicates."""
     Xi = X if hspy_comp else X.T
@@ -249,9 +256,7 @@ def prepare(estimator, X, W0=None, H0=None) -> Problem:
         X=Xs,
         data=data,
         counts=counts,
-        G=G,
-        G_colsum=None if G is None else G.sum(axis=0),
-        GtG=None if G is None else G.T @ G,
+        **_with_G(G),
         loss=loss,
         scale=scale,
         intensity=intensity,
@@ -346,9 +351,7 @@ def evaluation_problem(estimator, Xi) -> Problem:
         X=Xi,
         data=Xi,
         counts=Xi,
-        G=G,
-        G_colsum=None if G is None else G.sum(axis=0),
-        GtG=None if G is None else G.T @ G,
+        **_with_G(G),
         loss=loss,
         scale=1.0,
         intensity=estimator._intensity,
