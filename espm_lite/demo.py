@@ -89,7 +89,6 @@ def main(argv: list[str] | None = None) -> int:
             algorithm="SmoothNMF",
             output_dimension=3,
             lambda_L=lambda_L,
-            max_iter=1000,
             random_state=args.seed,
             verbose=0,
             return_info=True,
@@ -126,7 +125,6 @@ def _edx_quantification(args, out: Path) -> None:
         algorithm="SmoothNMF",
         output_dimension=3,
         G="edx",
-        max_iter=3000,
         random_state=args.seed,
         verbose=0,
     )

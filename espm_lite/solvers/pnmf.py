@@ -255,7 +255,9 @@ class VariationalPoisson(Solver):
         into the maps (``mu + log c``, the prior mean with it).
         """
         solve = self.row_solve
-        if solve is None:
+        if solve is None or (solve.side == "W" and problem.G is not None):
+            return None  # spectra through G are not solved channel by channel
+        if solve.side == "W" and problem.fixed.W_mask is not None:
             return None
         before = self.objective(problem, state)
         options = dict(
@@ -273,8 +275,6 @@ class VariationalPoisson(Solver):
             )
             updates = {"mu": mu - log_scale, "var": var}
         else:
-            if problem.G is not None or problem.fixed.W_mask is not None:
-                return None  # spectra through G are not solved channel by channel
             maps = np.maximum(state.A, problem.dtype.type(problem.floor))
             mean_maps = np.exp(state.mu + 0.5 * state.var)
             W = spectra_of_channels(channels_as_rows(problem), maps, mean_maps, floor=problem.floor)
