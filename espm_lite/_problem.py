@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
+from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_non_negative, validate_data
 
 from . import kernels
@@ -415,8 +416,6 @@ def read_only(X):
 
 def reject_bool_integers(estimator) -> None:
     """``TypeError`` for a bool given to an integer parameter (scikit-learn accepts them)."""
-    from sklearn.utils._param_validation import Interval
-
     for name, constraints in estimator._parameter_constraints.items():
         integral = any(
             isinstance(c, Interval) and c.type is numbers.Integral

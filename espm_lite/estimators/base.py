@@ -24,6 +24,7 @@ from .._loop import History, run
 from .._monitor import truth_monitor
 from .._problem import (
     Problem,
+    divide,
     evaluation_problem,
     internal_layout,
     prepare,
@@ -392,8 +393,7 @@ class NMFEstimator(
         dtype = X.dtype
         solve = self._row_solve()
         basis_divisor, out_multiplier = self._transform_scales(solve.side)
-        if self._scale != 1.0:
-            X = X * (1.0 / self._scale) if sp.issparse(X) else X / dtype.type(self._scale)
+        X = divide(X, self._scale)
         basis = self.components_.T.astype(dtype, copy=False) / dtype.type(basis_divisor)
         maps = solve.side == "H"
         out = coefficient_rows(

@@ -45,11 +45,14 @@ class _Rows:
     local_rows: np.ndarray | None  # row of each stored entry (CSR)
 
 
+def _csr_rows(csr: sp.csr_matrix) -> _Rows:
+    """Rows held as their stored entries, with the (block) row of each entry."""
+    return _Rows(None, csr, np.repeat(np.arange(csr.shape[0]), np.diff(csr.indptr)))
+
+
 def _block(X, rows: slice) -> _Rows:
     if sp.issparse(X):
-        csr = X[rows]
-        local = np.repeat(np.arange(csr.shape[0]), np.diff(csr.indptr))
-        return _Rows(None, csr, local)
+        return _csr_rows(X[rows])
     return _Rows(np.asarray(X[rows], dtype=np.float64), None, None)
 
 
@@ -178,8 +181,7 @@ def _solve_block(block: _Rows, C, A, s, sparsity, floor, max_iter, tol):
 def _subset(block: _Rows, rows: np.ndarray) -> _Rows:
     if block.dense is not None:
         return _Rows(block.dense[rows], None, None)
-    csr = block.csr[rows]
-    return _Rows(None, csr, np.repeat(np.arange(rows.size), np.diff(csr.indptr)))
+    return _csr_rows(block.csr[rows])
 
 
 def newton_rows(
