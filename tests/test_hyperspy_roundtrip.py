@@ -162,7 +162,7 @@ def test_changed_decomposition_is_not_quantified(phantom):
         s.concentration_table()
 
 
-def test_signed_fit_is_not_quantified(phantom):
+def test_signed_fit_is_not_quantified(phantom, tmp_path):
     s = phantom.to_signal()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -171,3 +171,5 @@ def test_signed_fit_is_not_quantified(phantom):
     assert (W < 0).any()  # a semi-NMF W on the EDX G is signed
     with pytest.raises(ValueError, match="negative entries in W"):
         s.concentration_table()
+    with pytest.raises(ValueError, match="negative entries in W"):  # also once saved
+        save_and_load(s, tmp_path).concentration_table()

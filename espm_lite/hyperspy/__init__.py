@@ -12,8 +12,10 @@ from .decomposition import (
     resolve_estimator,
 )
 from .signals import (
+    EDSespmSEMSpectrum,
     EDSespmSpectrum,
     EspmSpectrumImage,
+    LazyEDSespmSEMSpectrum,
     LazyEDSespmSpectrum,
     LazyEspmSpectrumImage,
 )
@@ -21,9 +23,11 @@ from .signals import (
 __all__ = [
     "ALGORITHMS",
     "HYPERSPY_ALGORITHMS",
+    "EDSespmSEMSpectrum",
     "EDSespmSpectrum",
     "EspmDecompositionMixin",
     "EspmSpectrumImage",
+    "LazyEDSespmSEMSpectrum",
     "LazyEDSespmSpectrum",
     "LazyEspmSpectrumImage",
     "canonical_algorithm",

@@ -3,6 +3,11 @@
 * ``EDS_espm_lite``: :class:`EDSespmSpectrum`, an exspy ``EDSTEMSpectrum``
   (elements, beam energy, X-ray lines all work) whose ``decomposition`` fits
   espm_lite estimators on the raw counts.
+* ``EDS_espm_lite_SEM``: :class:`EDSespmSEMSpectrum`, the same on an exspy
+  ``EDSSEMSpectrum`` (a bulk specimen): decompositions and maps, but no
+  thin-film quantification. ``set_signal_type("EDS_espm_lite")`` on a signal
+  whose metadata describe an SEM (``Acquisition_instrument.SEM``, no ``.TEM``)
+  gives this class, so that exspy does not turn the SEM metadata into TEM.
 * ``spectrum_image``: :class:`EspmSpectrumImage`, any spectrum image (EELS,
   cathodoluminescence, Raman...): a ``Signal1D`` with the same
   ``decomposition``.
@@ -15,10 +20,17 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from contextlib import contextmanager
 
 import numpy as np
-from exspy.signals import EDSTEMSpectrum, LazyEDSTEMSpectrum
+from exspy.signals import (
+    EDSSEMSpectrum,
+    EDSSpectrum,
+    EDSTEMSpectrum,
+    LazyEDSSEMSpectrum,
+    LazyEDSTEMSpectrum,
+)
 from hyperspy.signals import LazySignal1D, Signal1D
 
 from ..models.edx import BEAM_ENERGY_RANGE_KEV, check_beam_energy
@@ -58,40 +70,70 @@ class LazyEspmDecompositionMixin(EspmDecompositionMixin):
         return np.asarray(self.data.compute())
 
 
+#: Why a bulk (SEM) signal is not quantified with the thin-film EDX model.
+BULK_SPECIMEN_REASON = (
+    "this is an SEM signal of a bulk specimen, and espm_lite's EDX model is a thin-film "
+    "model: the absorption and fluorescence (ZAF) corrections a bulk specimen needs are "
+    "not modelled, so thin-film element fractions would be wrong"
+)
+
+
 @contextmanager
-def _seen_as_eds_tem(signal):
-    """Let exspy code that tests ``signal_type == "EDS_TEM"`` accept the signal."""
+def _seen_by_exspy(signal):
+    """Let exspy code that tests ``signal_type == "EDS_TEM"`` (or ``"EDS_SEM"``)
+    accept the signal."""
     signal_type = signal.metadata.Signal.signal_type
-    signal.metadata.Signal.signal_type = "EDS_TEM"
+    signal.metadata.Signal.signal_type = signal._exspy_signal_type
     try:
         yield
     finally:
         signal.metadata.Signal.signal_type = signal_type
 
 
-class EDSespmSpectrum(EspmDecompositionMixin, EDSTEMSpectrum):
-    """EDX spectrum image (exspy ``EDS_TEM``) with espm_lite decompositions.
+def _describes_sem(signal, kwargs: dict) -> bool:
+    """Whether the metadata an ``EDS_espm_lite`` signal is being built with describe
+    an SEM: ``Acquisition_instrument.SEM`` and no ``Acquisition_instrument.TEM``.
 
-    Everything of exspy's ``EDSTEMSpectrum`` works (elements, lines, beam
-    energy, take-off angle); the metadata's ``signal_type`` is
-    ``"EDS_espm_lite"`` so that saved files load back as this class.
+    ``signal.metadata`` when HyperSpy changes the class of an existing signal
+    (``set_signal_type``, ``full_initialisation=False``), else the ``metadata``
+    keyword (``hs.load``, the constructor).
     """
+    from hyperspy.misc.utils import DictionaryTreeBrowser
 
-    _signal_type = "EDS_espm_lite"
+    if kwargs.get("full_initialisation", True):
+        metadata = kwargs.get("metadata")
+        if isinstance(metadata, dict):
+            metadata = DictionaryTreeBrowser(metadata)
+    else:
+        metadata = signal.metadata
+    if not isinstance(metadata, DictionaryTreeBrowser):
+        return False
+    return metadata.has_item("Acquisition_instrument.SEM") and not metadata.has_item(
+        "Acquisition_instrument.TEM"
+    )
+
+
+class _EDXMixin:
+    """EDX physics shared by the TEM and SEM classes: the metadata paths differ
+    (``Acquisition_instrument.<_microscope>``)."""
+
+    _microscope = "TEM"
+    _exspy_signal_type = "EDS_TEM"
+    _example_beam_energy = 200
 
     def _set_default_param(self):
-        super()._set_default_param()  # exspy writes "EDS_TEM" there
+        super()._set_default_param()  # exspy writes "EDS_TEM" there (TEM)
         self.metadata.Signal.signal_type = self._signal_type
 
     def _get_line_energy(self, *args, **kwargs):
-        with _seen_as_eds_tem(self):
+        with _seen_by_exspy(self):
             return super()._get_line_energy(*args, **kwargs)
 
     def get_take_off_angle(self):
-        with _seen_as_eds_tem(self):
+        with _seen_by_exspy(self):
             return super().get_take_off_angle()
 
-    get_take_off_angle.__doc__ = EDSTEMSpectrum.get_take_off_angle.__doc__
+    get_take_off_angle.__doc__ = EDSSpectrum.get_take_off_angle.__doc__
 
     def set_microscope_parameters(self, beam_energy=None, *args, **kwargs):
         """exspy's ``set_microscope_parameters``; ``beam_energy`` (keV) is checked first.
@@ -106,14 +148,14 @@ class EDSespmSpectrum(EspmDecompositionMixin, EDSTEMSpectrum):
             beam_energy = check_beam_energy(beam_energy)
         return super().set_microscope_parameters(beam_energy, *args, **kwargs)
 
-    # ------------------------------------------------------------ EDX physics
     def edx_model(self, elements=None, beam_energy=None, **model_kwargs):
         """The :class:`~espm_lite.models.EDXModel` of this signal.
 
         Reads the elements (``metadata.Sample.elements``), the beam energy
-        (``metadata.Acquisition_instrument.TEM.beam_energy``, keV) and the
-        energy axis (offset, scale, size; units must be keV) from the
-        signal; ``elements`` / ``beam_energy`` given here take precedence.
+        (``metadata.Acquisition_instrument.TEM.beam_energy``, keV; ``.SEM.``
+        on an ``EDS_espm_lite_SEM`` signal) and the energy axis (offset, scale,
+        size; units must be keV) from the signal; ``elements`` /
+        ``beam_energy`` given here take precedence.
 
         Parameters
         ----------
@@ -144,21 +186,7 @@ class EDSespmSpectrum(EspmDecompositionMixin, EDSTEMSpectrum):
                     " or pass elements=..."
                 )
         if beam_energy is None:
-            path = "Acquisition_instrument.TEM.beam_energy"
-            if self.metadata.has_item(path):
-                beam_energy = float(self.metadata.get_item(path))
-                low, high = BEAM_ENERGY_RANGE_KEV
-                if not low <= beam_energy <= high:
-                    problems.append(
-                        f"metadata.{path} is {beam_energy:g}, but the beam energy is in keV, "
-                        f"between {low:g} and {high:g} keV (eV by mistake?): set it with "
-                        "s.set_microscope_parameters(beam_energy=200)"
-                    )
-            else:
-                problems.append(
-                    f"no beam energy: set metadata.{path} (keV) with "
-                    "s.set_microscope_parameters(beam_energy=200) or pass beam_energy=..."
-                )
+            beam_energy = self._metadata_beam_energy(problems)
         axis = self.axes_manager.signal_axes[0]
         if str(axis.units).strip() != "keV":
             problems.append(
@@ -180,6 +208,24 @@ class EDSespmSpectrum(EspmDecompositionMixin, EDSTEMSpectrum):
             n_channels=int(axis.size),
             **model_kwargs,
         )
+
+    def _metadata_beam_energy(self, problems: list) -> float | None:
+        """The beam energy (keV) in the metadata; what is wrong goes to ``problems``."""
+        path = f"Acquisition_instrument.{self._microscope}.beam_energy"
+        how = f"s.set_microscope_parameters(beam_energy={self._example_beam_energy})"
+        if not self.metadata.has_item(path):
+            problems.append(
+                f"no beam energy: set metadata.{path} (keV) with {how} or pass beam_energy=..."
+            )
+            return None
+        beam_energy = float(self.metadata.get_item(path))
+        low, high = BEAM_ENERGY_RANGE_KEV
+        if not low <= beam_energy <= high:
+            problems.append(
+                f"metadata.{path} is {beam_energy:g}, but the beam energy is in keV, "
+                f"between {low:g} and {high:g} keV (eV by mistake?): set it with {how}"
+            )
+        return beam_energy
 
     def build_G(self, elements=None, beam_energy=None, **model_kwargs):
         """Known matrix ``G`` of this signal's X-ray lines and bremsstrahlung.
@@ -255,8 +301,87 @@ class EDSespmSpectrum(EspmDecompositionMixin, EDSTEMSpectrum):
         return plot_element_contributions(W, H, G, energy, phases=phases)
 
 
+class EDSespmSpectrum(EspmDecompositionMixin, _EDXMixin, EDSTEMSpectrum):
+    """EDX spectrum image (exspy ``EDS_TEM``) with espm_lite decompositions.
+
+    Everything of exspy's ``EDSTEMSpectrum`` works (elements, lines, beam
+    energy, take-off angle); the metadata's ``signal_type`` is
+    ``"EDS_espm_lite"`` so that saved files load back as this class.
+
+    A signal whose metadata describe an SEM (``Acquisition_instrument.SEM``
+    and no ``.TEM``) becomes an :class:`EDSespmSEMSpectrum` instead (a bulk
+    specimen: no thin-film quantification), rather than having exspy move its
+    SEM metadata to ``.TEM``.
+    """
+
+    _signal_type = "EDS_espm_lite"
+
+    def __init__(self, *args, **kwargs):
+        if _describes_sem(self, kwargs):
+            _logger.info(
+                "espm_lite: the metadata describe an SEM (bulk specimen): this signal is "
+                "an EDS_espm_lite_SEM (decompositions, no thin-film quantification)."
+            )
+            self.__class__ = LazyEDSespmSEMSpectrum if self._lazy else EDSespmSEMSpectrum
+            self.__init__(*args, **kwargs)
+            return
+        super().__init__(*args, **kwargs)
+
+
 class LazyEDSespmSpectrum(LazyEspmDecompositionMixin, EDSespmSpectrum, LazyEDSTEMSpectrum):
     """Lazy :class:`EDSespmSpectrum`."""
+
+
+class EDSespmSEMSpectrum(EspmDecompositionMixin, _EDXMixin, EDSSEMSpectrum):
+    """EDX spectrum image of a bulk specimen (exspy ``EDS_SEM``) with espm_lite decompositions.
+
+    The metadata stay under ``Acquisition_instrument.SEM`` (beam energy
+    included). Decompositions work, ``G="edx"`` included, but the thin-film
+    EDX model is then only an approximate spectral basis: ``build_G`` warns,
+    and ``concentration_table`` is refused (:data:`BULK_SPECIMEN_REASON`).
+    """
+
+    _signal_type = "EDS_espm_lite_SEM"
+    _microscope = "SEM"
+    _exspy_signal_type = "EDS_SEM"
+    _example_beam_energy = 15
+
+    def build_G(self, elements=None, beam_energy=None, **model_kwargs):
+        """The thin-film ``G`` (see :meth:`EDSespmSpectrum.build_G`), with a warning.
+
+        Warns
+        -----
+        UserWarning
+            The thin-film model is only an approximate spectral basis for a
+            bulk specimen, and quantification is refused.
+        """
+        warnings.warn(
+            "espm_lite: the thin-film EDX model is used as an approximate spectral basis "
+            "for this SEM (bulk) signal: absorption and fluorescence (ZAF) are not "
+            "modelled, so quantification (concentration_table) is refused; the "
+            "decomposition and its maps remain usable.",
+            UserWarning,
+            stacklevel=2,
+        )
+        return super().build_G(elements, beam_energy, **model_kwargs)
+
+    def concentration_table(self, kind: str = "atomic"):
+        """Refused on SEM data: see :data:`BULK_SPECIMEN_REASON`.
+
+        Raises
+        ------
+        ValueError
+            Always, saying why.
+        """
+        raise ValueError(
+            f"No thin-film quantification of this signal: {BULK_SPECIMEN_REASON}. "
+            "The decomposition (phase spectra and maps) is still valid; quantify the "
+            "phases with a bulk (ZAF or phi-rho-z) method."
+        )
+
+
+class LazyEDSespmSEMSpectrum(LazyEspmDecompositionMixin, EDSespmSEMSpectrum, LazyEDSSEMSpectrum):
+    """Lazy :class:`EDSespmSEMSpectrum`."""
 
 
 class EspmSpectrumImage(EspmDecompositionMixin, Signal1D):
