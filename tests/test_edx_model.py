@@ -21,7 +21,7 @@ AXIS = dict(energy_offset=0.2, energy_scale=0.01, n_channels=1980)
 
 
 def model(elements=("Fe", "O", "Si"), **kwargs):
-    return EDXModel(list(elements), 200.0, **{**AXIS, **kwargs})
+    return EDXModel(list(elements), 200.0, **{**AXIS, "line_families": "joint", **kwargs})
 
 
 def test_columns_are_non_negative_and_integrate_to_their_factor():
@@ -66,7 +66,7 @@ def test_resolution_grows_with_energy():
 
 
 def test_lines_out_of_range_are_dropped_with_a_debug_log(caplog):
-    with caplog.at_level(logging.DEBUG, logger="espm_lite.models.edx"):
+    with caplog.at_level(logging.DEBUG, logger="espm_lite.models"):
         m = EDXModel(["Fe"], 200.0, energy_offset=0.2, energy_scale=0.01, n_channels=300)
     # 0.2 .. 3.2 keV: the Fe K lines (6.4, 7.06 keV) are out, the L lines stay
     kept = [name for name, _, _ in m.lines_["Fe"]]
@@ -187,7 +187,7 @@ def test_resolution_formula_is_exspys():
 
 
 def test_weak_and_unexcited_lines_are_dropped_with_a_debug_log(caplog):
-    with caplog.at_level(logging.DEBUG, logger="espm_lite.models.edx"):
+    with caplog.at_level(logging.DEBUG, logger="espm_lite.models"):
         weak = model(("Fe",), min_line_weight=0.2)
         # 4.8 keV beam: Ti Ka (4.51 keV) is below it, but the K shell (~4.97 keV) is not ionised
         ti = EDXModel(["Ti"], 4.8, **AXIS)
@@ -209,8 +209,8 @@ def test_constructor_rejects_bad_types_and_values():
         EDXModel(["Fe", 26], 200.0, **AXIS)
     with pytest.raises(ValueError, match="elements"):
         EDXModel(["Fe", "Fe"], 200.0, **AXIS)
-    with pytest.raises(ValueError, match="elements"):
-        EDXModel([], 200.0, **AXIS)
+    with pytest.raises(ValueError, match="elements or n_background"):
+        EDXModel([], 200.0, n_background=0, **AXIS)
     with pytest.raises(ValueError, match="n_channels"):
         EDXModel(["Fe"], 200.0, energy_offset=0.2, energy_scale=0.01, n_channels=True)
     with pytest.raises(ValueError, match="energy_scale"):
@@ -299,7 +299,8 @@ def test_phantom_signal_is_integer_and_rebuilds_G():
     np.testing.assert_array_equal(s.data.reshape(-1, 500).T, data.X)
     assert "EDX" in s.metadata.General.title
     if hasattr(s, "build_G"):
-        np.testing.assert_allclose(s.build_G().values, data.G.values, rtol=1e-8, atol=1e-14)
+        G = s.build_G(line_families="joint")
+        np.testing.assert_allclose(G.values, data.G.values, rtol=1e-8, atol=1e-14)
 
 
 def test_a_callable_returning_a_labelled_G_keeps_its_simplex_rows():
@@ -309,3 +310,67 @@ def test_a_callable_returning_a_labelled_G_keeps_its_simplex_rows():
     rows = data.G.simplex_rows
     np.testing.assert_allclose(est.W_[rows].sum(axis=0), 1.0, rtol=1e-4)
     assert not np.allclose(est.W_[~rows].sum(axis=0), 1.0)
+
+
+# ----------------------------------------------------------------- line families
+def test_separate_families_give_each_family_a_column():
+    m = EDXModel(["Fe", "O", "Pt"], 200.0, **AXIS)  # the default: separate
+    G = m.build_G()
+    # Fe: K quantified, L free; O: K; Pt: K above the range, so L quantified, M free
+    assert m.quant_families_ == {"Fe": "K", "O": "K", "Pt": "L"}
+    assert G.labels == ("Fe", "O", "Pt", "Fe_L", "Pt_M", "bremsstrahlung_0", "bremsstrahlung_1")
+    assert G.simplex_rows.tolist() == [True, True, True, False, False, False, False]
+    values = G.values
+    fe_k, fe_l = values[:, 0], values[:, 3]
+    energy = m.energy
+    assert fe_k[energy < 3].sum() < 1e-6 * fe_k.sum()  # only K lines (6.4, 7.06 keV)
+    assert fe_l[energy > 3].sum() < 1e-6 * fe_l.sum()  # only L lines (0.7 keV)
+    # the quantified column sums to the factor; a free family to its share at the model's ratios
+    assert fe_k.sum() == pytest.approx(m.element_factors_["Fe"])
+    joint = EDXModel(["Fe", "O", "Pt"], 200.0, line_families="joint", **AXIS)
+    raw_joint = joint.element_factors_["Fe"] / joint.element_factors_["O"]
+    assert (fe_k.sum() + fe_l.sum()) / values[:, 1].sum() == pytest.approx(raw_joint, rel=1e-9)
+    # the two families together are the joint column, up to its normalisation
+    both = fe_k + fe_l
+    np.testing.assert_allclose(
+        both / both.sum(),
+        joint.build_G().values[:, 0] / joint.build_G().values[:, 0].sum(),
+        rtol=1e-9,
+        atol=1e-15,
+    )
+
+
+def test_quant_families_override_and_errors():
+    m = EDXModel(["Fe", "O"], 200.0, quant_families={"Fe": "L"}, **AXIS)
+    assert m.quant_families_["Fe"] == "L"
+    assert m.build_G().labels[:3] == ("Fe", "O", "Fe_K")
+    with pytest.raises(ValueError, match="quant_families.*families"):
+        EDXModel(["Fe"], 200.0, quant_families={"Fe": "M"}, **AXIS)
+    with pytest.raises(ValueError, match="quant_families names elements"):
+        EDXModel(["Fe"], 200.0, quant_families={"Cu": "K"}, **AXIS)
+    with pytest.raises(ValueError, match="needs line_families='separate'"):
+        EDXModel(["Fe"], 200.0, line_families="joint", quant_families={"Fe": "K"}, **AXIS)
+    with pytest.raises(ValueError, match="line_families"):
+        EDXModel(["Fe"], 200.0, line_families="split", **AXIS)
+    with pytest.raises(TypeError, match="quant_families"):
+        EDXModel(["Fe"], 200.0, quant_families="K", **AXIS)
+
+
+def test_replace_and_recalibrated():
+    m = EDXModel(["Fe", "O"], 200.0, **AXIS)
+    wider = m.replace(fwhm_mn_ka=0.2, elements=["Fe", "O", "Cu"])
+    assert wider.elements == ("Fe", "O", "Cu") and wider.fwhm_mn_ka == 0.2
+    assert m.elements == ("Fe", "O") and m.fwhm_mn_ka == 0.130  # unchanged
+    with pytest.raises(TypeError, match="no parameters"):
+        m.replace(colour="red")
+    shifted = m.recalibrated(0.25, 0.01, 0.130)
+    # same lines and factors, the peaks move by the offset change (5 channels)
+    assert shifted.lines_ == m.lines_ and shifted.element_factors_ == m.element_factors_
+    a, b = m.build_G().values[:, 0], shifted.build_G().values[:, 0]
+    assert np.argmax(a) - np.argmax(b) == 5
+
+
+def test_empty_elements_give_the_bremsstrahlung_alone():
+    G = EDXModel([], 200.0, **AXIS).build_G()
+    assert G.labels == ("bremsstrahlung_0", "bremsstrahlung_1")
+    assert not G.simplex_rows.any()

@@ -137,20 +137,23 @@ def test_simplex_applies_to_element_rows_only(fitted):
 
 def test_build_G_reads_the_metadata(phantom):
     s = phantom.to_signal()
-    G = s.build_G()
+    G = s.build_G()  # separate line families: an element's other families are free columns
     assert G.values.shape == (1980, len(phantom.elements) + np.count_nonzero(~G.simplex_rows))
     assert list(G.element_labels) == list(phantom.elements)
-    # same as the phantom's own model
-    np.testing.assert_allclose(G.values, phantom.G.values, rtol=1e-10)
+    assert {"Fe_L", "Ti_L", "Ca_L"} <= set(G.labels)
+    # same as the phantom's own model (joint families, the exact axis)
+    joint = s.build_G(line_families="joint", calibrate=False)
+    np.testing.assert_allclose(joint.values, phantom.G.values, rtol=1e-10)
     sub = s.build_G(elements=["Fe", "O"])
     assert list(sub.element_labels) == ["Fe", "O"]
 
 
 def test_missing_metadata_is_named(phantom):
-    s = phantom.to_signal()
-    del s.metadata.Sample.elements
-    with pytest.raises(ValueError, match=r"metadata\.Sample\.elements"):
-        s.build_G()
+    flat = phantom.to_signal().deepcopy()
+    flat.data[:] = np.random.default_rng(0).poisson(0.05, flat.data.shape)  # no X-ray peak
+    del flat.metadata.Sample.elements
+    with pytest.raises(ValueError, match=r"s\.add_elements"):
+        flat.build_G()
     s = phantom.to_signal()
     s.metadata.Acquisition_instrument.TEM.__delattr__("beam_energy")
     with pytest.raises(ValueError, match=r"Acquisition_instrument\.TEM\.beam_energy"):

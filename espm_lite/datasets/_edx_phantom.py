@@ -238,7 +238,7 @@ def _phantom_model(
     """The :class:`EDXModel` of a phantom (two background columns unless ``model_kwargs`` says)."""
     if model_kwargs is not None and not isinstance(model_kwargs, Mapping):
         raise ValueError(f"model_kwargs must be a dict, got {model_kwargs!r}.")
-    kwargs = {"n_background": 2, **(model_kwargs or {})}
+    kwargs = {"n_background": 2, "line_families": "joint", **(model_kwargs or {})}
     for reserved in ("elements", "beam_energy", "energy_offset", "energy_scale", "n_channels"):
         if reserved in kwargs:
             raise ValueError(

@@ -233,6 +233,7 @@ class EspmDecompositionMixin:
         scheduler=None,
     ):
         """Fit ``estimator`` to the unmasked data and store the results in ``learning_results``."""
+        signal_mask = self._espm_signal_mask(estimator, signal_mask)
         masked = self._espm_masked_data(navigation_mask, signal_mask, scheduler)
         self._espm_known_matrix(estimator, masked.sig_mask)
         shape_2d = self._espm_grid(estimator, masked.nav_shape, masked.nav_mask)
@@ -247,6 +248,12 @@ class EspmDecompositionMixin:
             getattr(estimator, "n_iter_", -1),
         )
         return estimator if return_info else None
+
+    def _espm_signal_mask(self, estimator, signal_mask):
+        """The channels to leave out: the caller's ``signal_mask``, and those an EDX
+        signal's ``_edx_signal_mask`` adds (the zero peak, for fits with ``G``)."""
+        extra = getattr(self, "_edx_signal_mask", None)
+        return signal_mask if extra is None else extra(estimator, signal_mask)
 
     def _espm_masked_data(self, navigation_mask, signal_mask, scheduler) -> _MaskedData:
         """Check the signal's shape and the masks; the data to fit, in memory."""

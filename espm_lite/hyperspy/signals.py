@@ -227,19 +227,105 @@ class _EDXMixin:
             )
         return beam_energy
 
-    def build_G(self, elements=None, beam_energy=None, **model_kwargs):
+    def build_G(
+        self,
+        elements=None,
+        beam_energy=None,
+        *,
+        calibrate="auto",
+        add_missing: bool = False,
+        check_missing: bool = True,
+        **model_kwargs,
+    ):
         """Known matrix ``G`` of this signal's X-ray lines and bremsstrahlung.
 
-        ``s.decomposition(algorithm="SmoothNMF", G="edx")`` calls it; pass
-        ``G=s.build_G(...)`` to choose the model parameters. See
-        :meth:`edx_model` for the parameters and the metadata read.
+        ``s.decomposition(algorithm="SmoothNMF", G="edx")`` calls it with the
+        defaults; pass ``G=s.build_G(...)`` to choose. On the spectrum summed
+        over the pixels it first refines the calibration, then looks for
+        elements the spectrum shows but the model lacks
+        (:meth:`find_missing_elements`).
+
+        Parameters
+        ----------
+        elements, beam_energy
+            As in :meth:`edx_model` (default: the metadata). With no elements
+            at all, the elements whose lines the spectrum shows are used (with
+            a warning).
+        calibrate : {"auto", True, False}, default="auto"
+            Refine the energy offset, the gain and the detector resolution
+            (FWHM at Mn Kα; the metadata's ``energy_resolution_MnKa`` is the
+            start) on the summed spectrum; ``"auto"``: when it has at least
+            10^4 counts. The result is logged (INFO) and stored in
+            ``metadata.espm_lite.calibration``; the signal's axis is not
+            changed.
+        add_missing : bool, default=False
+            Add the elements found by the search to ``G``.
+        check_missing : bool, default=True
+            Search for missing elements and warn (``MissingElementsWarning``)
+            with the candidates when there are some.
+        **model_kwargs
+            :class:`~espm_lite.models.EDXModel` parameters (``line_families``,
+            ``n_background``, ``fwhm_mn_ka``, ``element_factors``...).
 
         Returns
         -------
         espm_lite.models.LabelledG
-            ``(n_channels, n_elements + n_background)``, element columns first.
+            Element columns first (see :meth:`EDXModel.build_G
+            <espm_lite.models.EDXModel.build_G>`).
         """
-        return self.edx_model(elements, beam_energy, **model_kwargs).build_G()
+        from ._edx_setup import edx_setup
+
+        model, _ = edx_setup(
+            self,
+            elements,
+            beam_energy,
+            calibrate=calibrate,
+            add_missing=add_missing,
+            check_missing=check_missing,
+            **model_kwargs,
+        )
+        return model.build_G()
+
+    def _edx_signal_mask(self, estimator, signal_mask):
+        from ._edx_setup import zero_peak_mask
+
+        return zero_peak_mask(self, estimator, signal_mask)
+
+    def find_missing_elements(
+        self, elements=None, beam_energy=None, *, calibrate="auto", significance=5.0, **model_kwargs
+    ):
+        """Elements whose X-ray lines the summed spectrum shows but the model lacks, ranked.
+
+        Fits ``G`` of the elements (metadata or ``elements``; may be none) to
+        the spectrum summed over the pixels (after the calibration, see
+        :meth:`build_G`), finds the residual peaks above ``significance``
+        standard deviations and the elements of exspy's database whose lines
+        explain them (see :mod:`espm_lite.models.element_search`).
+
+        Returns
+        -------
+        list of espm_lite.models.element_search.ElementCandidate
+            Most significant first; each with its lines on the peaks, the
+            counts it explains and its significance. Empty when the elements
+            explain the spectrum.
+
+        Examples
+        --------
+        >>> s = exspy.data.EDS_TEM_FePt_nanoparticles()  # doctest: +SKIP
+        >>> s.set_signal_type("EDS_espm_lite")  # doctest: +SKIP
+        >>> [c.element for c in s.find_missing_elements()]  # doctest: +SKIP
+        ['Cu', 'C', 'Si']
+        """
+        from ._edx_setup import missing_elements
+
+        return missing_elements(
+            self,
+            elements,
+            beam_energy,
+            calibrate=calibrate,
+            significance=significance,
+            **model_kwargs,
+        )
 
     def concentration_table(self, kind: str = "atomic"):
         """Element fractions of every phase of the last ``G="edx"`` decomposition.
@@ -346,7 +432,7 @@ class EDSespmSEMSpectrum(EspmDecompositionMixin, _EDXMixin, EDSSEMSpectrum):
     _exspy_signal_type = "EDS_SEM"
     _example_beam_energy = 15
 
-    def build_G(self, elements=None, beam_energy=None, **model_kwargs):
+    def build_G(self, elements=None, beam_energy=None, **kwargs):
         """The thin-film ``G`` (see :meth:`EDSespmSpectrum.build_G`), with a warning.
 
         Warns
@@ -363,7 +449,7 @@ class EDSespmSEMSpectrum(EspmDecompositionMixin, _EDXMixin, EDSSEMSpectrum):
             UserWarning,
             stacklevel=2,
         )
-        return super().build_G(elements, beam_energy, **model_kwargs)
+        return super().build_G(elements, beam_energy, **kwargs)
 
     def concentration_table(self, kind: str = "atomic"):
         """Refused on SEM data: see :data:`BULK_SPECIMEN_REASON`.

@@ -64,6 +64,7 @@ its limits are known; the formulas that do not depend on the energy axis are in
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Mapping, Sequence
 
@@ -72,6 +73,16 @@ from numpy.typing import ArrayLike
 from scipy.special import erf
 
 from .._validation import finite_float, non_negative_int, positive_float, positive_int
+from ._edx_params import (
+    BEAM_ENERGY_RANGE_KEV,
+    FAMILIES,
+    LINE_FAMILY_MODES,
+    check_absorption,
+    check_beam_energy,
+    check_element_factors,
+    check_elements,
+    check_line_families,
+)
 from .known_matrix import LabelledG
 from .xray_physics import (
     FAMILY_SHELL,
@@ -79,12 +90,11 @@ from .xray_physics import (
     MN_KA,
     atomic_to_weight_fractions,
     atomic_weights,
-    critical_energy,
     default_detector_efficiency,
+    excited_lines,
     family_yield,
     film_transmission,
     fwhm_at,
-    is_known_element,
     weight_to_atomic_fractions,
     xray_lines,
 )
@@ -94,6 +104,8 @@ __all__ = [
     "FAMILY_SHELL",
     "FLUORESCENCE_A",
     "MN_KA",
+    "FAMILIES",
+    "LINE_FAMILY_MODES",
     "EDXModel",
     "atomic_to_weight_fractions",
     "atomic_weights",
@@ -102,29 +114,6 @@ __all__ = [
     "fwhm_at",
     "weight_to_atomic_fractions",
 ]
-
-#: Plausible electron-beam energies (keV) of SEM and TEM EDX: outside, a unit mistake.
-BEAM_ENERGY_RANGE_KEV = (1.0, 400.0)
-
-
-def check_beam_energy(beam_energy) -> float:
-    """``beam_energy`` as a float if it is a plausible beam energy in keV.
-
-    Raises
-    ------
-    ValueError
-        Not a number in :data:`BEAM_ENERGY_RANGE_KEV` (e.g. 200000, eV by mistake).
-    """
-    value = positive_float("beam_energy", beam_energy)
-    low, high = BEAM_ENERGY_RANGE_KEV
-    if not low <= value <= high:
-        hint = f" ({value:g} eV is {value / 1000:g} keV)" if value > high else ""
-        raise ValueError(
-            f"beam_energy is in keV and must be between {low:g} and {high:g} keV, got "
-            f"{beam_energy!r}{hint}."
-        )
-    return value
-
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +124,9 @@ class EDXModel:
     Parameters
     ----------
     elements : sequence of str
-        Element symbols (exspy's database), one column of ``G`` each.
+        Element symbols (exspy's database), one column of ``G`` each (or
+        one per line family, see ``line_families``). May be empty: ``G`` is
+        then the bremsstrahlung alone (where an element search starts).
     beam_energy : float
         keV, in :data:`BEAM_ENERGY_RANGE_KEV` (1 to 400 keV).
     energy_offset, energy_scale : float
@@ -172,12 +163,28 @@ class EDXModel:
     absorber : mapping or None
         ``{element: weight fraction}`` of the absorbing sample; default:
         equal weight fractions of ``elements``.
+    line_families : {"separate", "joint"}, default="separate"
+        ``"separate"``: each (element, line family K/L/M) has its own column,
+        so the ratios between an element's families (which differ between
+        cross-section tables by tens of percent) are fitted, not imposed.
+        The element's *quantified* family (see ``quant_families``) is its
+        column labelled with the symbol, on the simplex; its other families
+        are free columns labelled ``"Fe_L"``, ``"Pt_M"``..., each summing to
+        the family's share of the element factor (so their row of ``W``
+        equals the element's row when the tables are right). ``"joint"``:
+        one column per element with all its lines at the model's ratios.
+    quant_families : mapping or None
+        ``{element: "K" | "L" | "M"}``: the family quantified (``"separate"``
+        only). Default per element: K when its lines are in the energy
+        range and excited by the beam, else L, else M (Cliff-Lorimer
+        practice).
 
     Raises
     ------
     ValueError
         Unknown element (all are listed), an element without any X-ray line
-        in the energy range below the beam energy, duplicate elements, a
+        in the energy range below the beam energy, duplicate elements, no
+        element and no bremsstrahlung column, a
         non-positive or non-finite number, an incomplete or non-positive
         ``element_factors``.
     TypeError
@@ -189,8 +196,16 @@ class EDXModel:
     energy : ndarray (n_channels,)
     lines_ : dict
         Element -> list of ``(line, energy keV, weight)`` kept.
+    quant_families_ : dict
+        Element -> family quantified (``None`` with ``line_families="joint"``).
+    columns_ : list of (label, element, family)
+        The columns of ``G`` before the bremsstrahlung (family ``None``: all
+        the element's lines).
     element_factors_ : dict
         Element -> factor used (the sum of its column of ``G``).
+    calibration_ : Calibration or None
+        Set by :func:`espm_lite.models.spectrum_fit.calibrate` on the model it
+        returns: how the axis and resolution were refined.
     factor_source : str
         ``"default thin-film model"``, ``"equal"`` or ``"user"``.
 
@@ -220,27 +235,20 @@ class EDXModel:
         mass_thickness: float | None = None,
         take_off_angle: float | None = None,
         absorber: Mapping[str, float] | None = None,
+        line_families: str = "separate",
+        quant_families: Mapping[str, str] | None = None,
     ) -> None:
-        if isinstance(elements, str) or not isinstance(elements, Sequence | np.ndarray):
-            raise TypeError(f"elements must be a list of element symbols, got {elements!r}.")
-        elements = list(elements)
-        if not elements:
-            raise ValueError("elements must name at least one element, got an empty list.")
-        not_str = [e for e in elements if not isinstance(e, str)]
-        if not_str:
-            raise TypeError(f"elements must be symbols (str), got {not_str}.")
-        if len(set(elements)) != len(elements):
-            raise ValueError(f"elements must be unique, got {list(elements)}.")
-        unknown = [e for e in elements if not is_known_element(e)]
-        if unknown:
-            raise ValueError(f"Unknown elements {unknown}: not in exspy's elements database.")
-        self.elements = tuple(elements)
+        self._parameters = dict(locals())
+        del self._parameters["self"]
+        self.elements = check_elements(elements)
         self.beam_energy = check_beam_energy(beam_energy)
         self.energy_offset = finite_float("energy_offset", energy_offset)
         self.energy_scale = positive_float("energy_scale", energy_scale)
         self.n_channels = positive_int("n_channels", n_channels)
         self.fwhm_mn_ka = positive_float("fwhm_mn_ka", fwhm_mn_ka)
         self.n_background = non_negative_int("n_background", n_background)
+        if not self.elements and not self.n_background:
+            raise ValueError("EDXModel needs elements or n_background > 0, got neither.")
         self.min_line_weight = finite_float("min_line_weight", min_line_weight)
         if not 0 <= self.min_line_weight < 1:
             raise ValueError(f"min_line_weight must be in [0, 1), got {min_line_weight!r}.")
@@ -249,9 +257,55 @@ class EDXModel:
                 f"detector_efficiency must be a bool or a callable, got {detector_efficiency!r}."
             )
         self.detector_efficiency = detector_efficiency
-        self._set_absorption(mass_thickness, take_off_angle, absorber)
+        self.mass_thickness, self.take_off_angle, self.absorber_ = check_absorption(
+            mass_thickness, take_off_angle, absorber, self.elements
+        )
+        self.line_families = line_families
+        overrides = check_line_families(line_families, quant_families, self.elements)
         self.lines_ = {e: self._lines_in_range(e) for e in self.elements}
-        self.element_factors_, self.factor_source = self._factors(element_factors)
+        self._family_intensity = {e: self._family_intensities(e) for e in self.elements}
+        self.quant_families_ = {e: self._quant_family(e, overrides.get(e)) for e in self.elements}
+        self.calibration_ = None
+        self.element_factors_, self.factor_source = self._factors(
+            check_element_factors(element_factors, self.elements)
+        )
+
+    def replace(self, **changes) -> EDXModel:
+        """A new model with the same parameters except ``changes`` (checked as in ``__init__``).
+
+        Examples
+        --------
+        >>> wider = model.replace(fwhm_mn_ka=0.140, elements=["Fe", "O", "Cu"])  # doctest: +SKIP
+        """
+        unknown = sorted(set(changes) - set(self._parameters))
+        if unknown:
+            raise TypeError(f"EDXModel has no parameters {unknown}.")
+        return type(self)(**{**self._parameters, **changes})
+
+    def recalibrated(
+        self, energy_offset: float, energy_scale: float, fwhm_mn_ka: float
+    ) -> EDXModel:
+        """The same lines and factors on a refined energy axis and resolution.
+
+        Unlike :meth:`replace`, the lines kept and the element factors are not
+        recomputed, so a line near the end of the range does not come and go
+        as the axis moves (what a calibration needs).
+        """
+        new = copy.copy(self)
+        new.energy_offset = finite_float("energy_offset", energy_offset)
+        new.energy_scale = positive_float("energy_scale", energy_scale)
+        new.fwhm_mn_ka = positive_float("fwhm_mn_ka", fwhm_mn_ka)
+        new._parameters = {
+            **self._parameters,
+            "energy_offset": new.energy_offset,
+            "energy_scale": new.energy_scale,
+            "fwhm_mn_ka": new.fwhm_mn_ka,
+        }
+        return new
+
+    def get_params(self) -> dict:
+        """The constructor's parameters, as given."""
+        return dict(self._parameters)
 
     # ----------------------------------------------------------- quantities
     @property
@@ -300,32 +354,60 @@ class EDXModel:
         Returns
         -------
         LabelledG
-            ``(n_channels, n_elements + n_background)``: element columns
-            (labels: the symbols, ``simplex_rows`` True, column ``e`` sums to
-            ``element_factors_[e]``) then bremsstrahlung columns (labels
+            ``(n_channels, m)``: the element columns (labels: the symbols,
+            ``simplex_rows`` True, column ``e`` sums to
+            ``element_factors_[e]``), then with ``line_families="separate"``
+            the other families of each element (labels ``"Fe_L"``...,
+            ``simplex_rows`` False), then the bremsstrahlung columns (labels
             ``"bremsstrahlung_j"``, ``simplex_rows`` False, each sums to 1).
         """
-        columns = [self.element_column(e) for e in self.elements]
+        columns = [self.family_column(e, f) for _, e, f in self.columns_]
         columns += [self.background_column(j) for j in range(self.n_background)]
-        labels = list(self.elements) + [f"bremsstrahlung_{j}" for j in range(self.n_background)]
-        rows = np.array([True] * len(self.elements) + [False] * self.n_background)
+        labels = [label for label, _, _ in self.columns_]
+        labels += [f"bremsstrahlung_{j}" for j in range(self.n_background)]
+        rows = np.array(
+            [label in self.elements for label, _, _ in self.columns_] + [False] * self.n_background
+        )
         return LabelledG(np.column_stack(columns), tuple(labels), rows)
 
+    @property
+    def columns_(self) -> list[tuple[str, str, str | None]]:
+        """``(label, element, family)`` of each column of ``G`` before the bremsstrahlung."""
+        if self.line_families == "joint":
+            return [(e, e, None) for e in self.elements]
+        quantified = [(e, e, self.quant_families_[e]) for e in self.elements]
+        others = [
+            (f"{e}_{family}", e, family)
+            for e in self.elements
+            for family in self._family_intensity[e]
+            if family != self.quant_families_[e]
+        ]
+        return quantified + others
+
     def element_column(self, element: str) -> np.ndarray:
-        r"""Column of ``element``: its lines at their relative intensities, summing to its factor.
+        """Column of ``element``'s quantified lines (all its lines with ``"joint"``)."""
+        return self.family_column(element, self.quant_families_[element])
 
-        .. math:: G_{ie} = f_e \frac{\sum_l I_l \int_{\text{bin } i} \mathcal{N}(E; E_l,
-                  \sigma_l^2)\,dE}{\sum_{i'} \sum_l I_l \int_{\text{bin } i'}
-                  \mathcal{N}(E; E_l, \sigma_l^2)\,dE},
-                  \qquad \sigma_l = \mathrm{FWHM}(E_l) / (2\sqrt{2\ln 2})
+    def family_column(self, element: str, family: str | None) -> np.ndarray:
+        r"""Column of the lines of one family of ``element`` (``None``: all its lines).
 
-        with ``I_l`` the thin-film intensity of line ``l`` (see the module).
+        .. math:: G_{iF} = f_e \frac{I_F}{I_{q(e)}} \frac{\sum_{l \in F} I_l
+                  \int_{\text{bin } i} \mathcal{N}(E; E_l, \sigma_l^2)\,dE}{\sum_{i'}
+                  \sum_{l \in F} I_l \int_{\text{bin } i'} \mathcal{N}(E; E_l,
+                  \sigma_l^2)\,dE}, \qquad \sigma_l = \mathrm{FWHM}(E_l) / (2\sqrt{2\ln 2})
+
+        with ``I_l`` the thin-film intensity of line ``l``, ``I_F`` the sum over
+        the family ``F`` and ``q(e)`` the quantified family (all lines for
+        ``None``): the quantified column sums to ``f_e``, another family to
+        its share of it at the model's ratios.
         """
         edges = self.energy_offset + self.energy_scale * (np.arange(self.n_channels + 1) - 0.5)
         column = np.zeros(self.n_channels)
-        for (_, energy, _), intensity in zip(
+        for (name, energy, _), intensity in zip(
             self.lines_[element], self._line_intensities(element), strict=True
         ):
+            if family is not None and name[0] != family:
+                continue
             sigma = fwhm_at(energy, self.fwhm_mn_ka) / (2 * np.sqrt(2 * np.log(2)))
             cdf = 0.5 * erf((edges - energy) / (np.sqrt(2) * sigma))
             column += intensity * np.diff(cdf)
@@ -335,9 +417,52 @@ class EDXModel:
                 f"{element} has no detected intensity in the energy range (its lines are not "
                 "excited or the detector efficiency is zero there): remove it from the elements."
             )
-        return column * (self.element_factors_[element] / total)
+        share = self._intensity(element, family) / self._intensity(
+            element, self.quant_families_[element]
+        )
+        return column * (self.element_factors_[element] * share / total)
+
+    def _intensity(self, element: str, family: str | None) -> float:
+        """Thin-film intensity of a family of ``element`` (``None``: all its lines)."""
+        per_family = self._family_intensity[element]
+        return float(sum(per_family.values()) if family is None else per_family[family])
+
+    def _family_intensities(self, element: str) -> dict[str, float]:
+        """Family -> summed thin-film intensity of its kept lines (families with lines only)."""
+        out: dict[str, float] = {}
+        for (name, _, _), intensity in zip(
+            self.lines_[element], self._line_intensities(element), strict=True
+        ):
+            out[name[0]] = out.get(name[0], 0.0) + float(intensity)
+        return {f: out[f] for f in FAMILIES if out.get(f, 0.0) > 0}
+
+    def _quant_family(self, element: str, override: str | None) -> str | None:
+        """The family quantified: ``override``, else K, L, M, the first present."""
+        present = list(self._family_intensity[element])
+        if not present:
+            raise ValueError(
+                f"{element} has no detected intensity in the energy range (its lines are not "
+                "excited or the detector efficiency is zero there): remove it from the elements."
+            )
+        if self.line_families == "joint":
+            return None
+        if override is not None:
+            if override not in present:
+                raise ValueError(
+                    f"quant_families[{element!r}] is {override!r}, but {element} has lines of "
+                    f"the families {present} only in this energy range and beam energy."
+                )
+            return override
+        return present[0]
 
     def _line_intensities(self, element: str) -> np.ndarray:
+        """Detected intensity of each kept line per unit atomic fraction (computed once)."""
+        cache = self.__dict__.setdefault("_intensity_cache", {})
+        if element not in cache:
+            cache[element] = self._thin_film_intensities(element)
+        return cache[element]
+
+    def _thin_film_intensities(self, element: str) -> np.ndarray:
         """Detected intensity of each kept line per unit atomic fraction (thin film).
 
         Line ``l`` of family ``F``: ``omega_F Q_F w_l / sum_{F} w eff(E_l)``, the
@@ -347,16 +472,15 @@ class EDXModel:
         family_weight: dict[str, float] = {}
         for name, (_, weight) in xray_lines(element).items():
             family_weight[name[0]] = family_weight.get(name[0], 0.0) + weight
+        lines = self.lines_[element]
+        detection = self.detection(np.array([energy for _, energy, _ in lines]))
         return np.array(
             [
-                family_yield(element, name[0], self.beam_energy)
-                * weight
-                / family_weight[name[0]]
-                * float(self.detection(energy))
-                for name, energy, weight in self.lines_[element]
+                family_yield(element, name[0], self.beam_energy) * weight / family_weight[name[0]]
+                for name, _, weight in lines
             ],
             dtype=np.float64,
-        )
+        ) * np.asarray(detection, dtype=np.float64).reshape(-1)
 
     def background_column(self, j: int) -> np.ndarray:
         r"""Bremsstrahlung column ``j``, summing to 1.
@@ -380,97 +504,17 @@ class EDXModel:
         return shape / total
 
     # ------------------------------------------------------------- internals
-    def _set_absorption(self, mass_thickness, take_off_angle, absorber) -> None:
-        self.mass_thickness = None
-        self.take_off_angle = None
-        self.absorber_ = None
-        if mass_thickness is None:
-            if absorber is not None:
-                raise ValueError("absorber needs mass_thickness (g/cm^2).")
-            return
-        self.mass_thickness = positive_float("mass_thickness", mass_thickness)
-        if take_off_angle is None:
-            raise ValueError("mass_thickness needs take_off_angle (degrees).")
-        self.take_off_angle = positive_float("take_off_angle", take_off_angle)
-        if not self.take_off_angle < 90:
-            raise ValueError(f"take_off_angle must be in (0, 90) degrees, got {take_off_angle!r}.")
-        if absorber is None:
-            absorber = {e: 1.0 for e in self.elements}
-        if not isinstance(absorber, Mapping) or not absorber:
-            raise TypeError(f"absorber must be a mapping element -> weight, got {absorber!r}.")
-        unknown = [e for e in absorber if not is_known_element(e)]
-        if unknown:
-            raise ValueError(f"absorber has unknown elements {unknown}.")
-        weights = {e: float(w) for e, w in absorber.items()}
-        if any(not (np.isfinite(w) and w >= 0) for w in weights.values()) or not sum(
-            weights.values()
-        ):
-            raise ValueError("absorber weights must be non-negative with a positive sum.")
-        total = sum(weights.values())
-        self.absorber_ = {e: w / total for e, w in weights.items()}
-
     def _lines_in_range(self, element: str) -> list[tuple[str, float, float]]:
         low = self.energy_offset - 0.5 * self.energy_scale
         high = self.energy_offset + (self.n_channels - 0.5) * self.energy_scale
-        kept = []
-        for name, (energy, weight) in xray_lines(element).items():
-            if weight < self.min_line_weight:
-                logger.debug("%s %s (%.4g keV): weight %.3g dropped", element, name, energy, weight)
-            elif not low <= energy <= high:
-                logger.debug(
-                    "%s %s at %.4g keV is outside the energy range [%.4g, %.4g] keV: dropped",
-                    element,
-                    name,
-                    energy,
-                    low,
-                    high,
-                )
-            elif energy >= self.beam_energy:
-                logger.debug(
-                    "%s %s at %.4g keV is above the beam energy: dropped", element, name, energy
-                )
-            elif critical_energy(element, name[0]) >= self.beam_energy:
-                logger.debug(
-                    "%s %s at %.4g keV: its shell (critical energy %.4g keV) is not ionised by "
-                    "the beam: dropped",
-                    element,
-                    name,
-                    energy,
-                    critical_energy(element, name[0]),
-                )
-            else:
-                kept.append((name, energy, weight))
-        if not kept:
-            raise ValueError(
-                f"{element} has no X-ray line in the energy range [{low:.4g}, {high:.4g}] keV "
-                f"below the beam energy {self.beam_energy:g} keV: remove it from the elements."
-            )
-        return kept
+        return excited_lines(element, (low, high), self.beam_energy, self.min_line_weight)
 
     def _factors(self, element_factors) -> tuple[dict[str, float], str]:
+        """Factors of the quantified columns: thin-film (mean 1), equal or the user's."""
         if element_factors is None:
-            raw = {e: self._thin_film_factor(e) for e in self.elements}
-            mean = float(np.mean(list(raw.values())))
+            raw = {e: self._intensity(e, self.quant_families_[e]) for e in self.elements}
+            mean = float(np.mean(list(raw.values()))) if raw else 1.0
             return {e: f / mean for e, f in raw.items()}, "default thin-film model"
-        if isinstance(element_factors, str):
-            if element_factors != "equal":
-                raise ValueError(
-                    f"element_factors must be None, 'equal' or a mapping, got {element_factors!r}."
-                )
+        if element_factors == "equal":
             return {e: 1.0 for e in self.elements}, "equal"
-        if not isinstance(element_factors, Mapping):
-            raise TypeError(
-                f"element_factors must be None, 'equal' or a mapping, got {element_factors!r}."
-            )
-        missing = [e for e in self.elements if e not in element_factors]
-        if missing:
-            raise ValueError(f"element_factors has no factor for {missing}.")
-        factors = {e: float(element_factors[e]) for e in self.elements}
-        bad = [e for e, f in factors.items() if not (np.isfinite(f) and f > 0)]
-        if bad:
-            raise ValueError(f"element_factors must be positive and finite; not for {bad}.")
-        return factors, "user"
-
-    def _thin_film_factor(self, element: str) -> float:
-        """Detected characteristic counts per unit atomic fraction (relative, thin film)."""
-        return float(self._line_intensities(element).sum())
+        return element_factors, "user"

@@ -18,6 +18,8 @@ model and its simplifications):
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -33,11 +35,14 @@ __all__ = [
     "atomic_weights",
     "critical_energy",
     "default_detector_efficiency",
+    "excited_lines",
     "family_yield",
     "film_transmission",
     "fwhm_at",
     "weight_to_atomic_fractions",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: Energy (keV) of Mn Kα, the reference of the detector resolution.
 MN_KA = 5.8987
@@ -79,14 +84,20 @@ def element_entry(element: str):
 
 def xray_lines(element: str) -> dict[str, tuple[float, float]]:
     """``{line: (energy keV, weight)}`` of ``element`` in exspy's database (may be empty)."""
+    return dict(_xray_lines(element))
+
+
+@functools.cache
+def _xray_lines(element: str) -> tuple[tuple[str, tuple[float, float]], ...]:
+    """Cached :func:`xray_lines` (exspy's database is slow to browse)."""
     atomic = element_entry(element).Atomic_properties
     if not atomic.has_item("Xray_lines"):
-        return {}
+        return ()
     lines = atomic.Xray_lines
-    return {
-        name: (float(lines[name]["energy (keV)"]), float(lines[name]["weight"]))
+    return tuple(
+        (name, (float(lines[name]["energy (keV)"]), float(lines[name]["weight"])))
         for name in lines.keys()
-    }
+    )
 
 
 def atomic_weights(elements: Sequence[str]) -> np.ndarray:
@@ -106,6 +117,44 @@ def atomic_weights(elements: Sequence[str]) -> np.ndarray:
         [float(element_entry(e).General_properties.atomic_weight) for e in elements],
         dtype=np.float64,
     )
+
+
+def excited_lines(
+    element: str, energy_range: tuple[float, float], beam_energy: float, min_weight: float
+) -> list[tuple[str, float, float]]:
+    """``(line, energy keV, weight)`` of ``element`` seen in a spectrum, in exspy's order.
+
+    A line is kept when its weight is at least ``min_weight``, its energy lies
+    in ``energy_range`` (keV) below ``beam_energy`` and its shell is ionised
+    (:func:`critical_energy` below ``beam_energy``); the others are logged
+    at DEBUG level.
+
+    Raises
+    ------
+    ValueError
+        If no line is kept.
+    """
+    low, high = energy_range
+    kept = []
+    for name, (energy, weight) in xray_lines(element).items():
+        if weight < min_weight:
+            why = f"weight {weight:.3g} below {min_weight:g}"
+        elif not low <= energy <= high:
+            why = f"outside the energy range [{low:.4g}, {high:.4g}] keV"
+        elif energy >= beam_energy:
+            why = "above the beam energy"
+        elif critical_energy(element, name[0]) >= beam_energy:
+            why = f"shell not ionised (critical energy {critical_energy(element, name[0]):.4g} keV)"
+        else:
+            kept.append((name, energy, weight))
+            continue
+        logger.debug("%s %s (%.4g keV) dropped: %s", element, name, energy, why)
+    if not kept:
+        raise ValueError(
+            f"{element} has no X-ray line in the energy range [{low:.4g}, {high:.4g}] keV "
+            f"below the beam energy {beam_energy:g} keV: remove it from the elements."
+        )
+    return kept
 
 
 # ------------------------------------------------------------------ fractions
@@ -221,6 +270,7 @@ def fwhm_at(energy: ArrayLike, fwhm_mn_ka: float = 0.130) -> np.ndarray:
 
 
 # ------------------------------------------------------------------- emission
+@functools.cache
 def critical_energy(element: str, family: str) -> float:
     """Critical ionisation energy (keV) of a line family (``"K"``, ``"L"``, ``"M"``) of ``element``.
 
@@ -238,6 +288,7 @@ def critical_energy(element: str, family: str) -> float:
     return _FALLBACK_EDGE_RATIO * max(family_energies)
 
 
+@functools.cache
 def family_yield(element: str, family: str, beam_energy: float) -> float:
     r"""``omega(Z) Q(U)`` of a line family: X-rays emitted per atom, relative.
 
