@@ -327,7 +327,14 @@ class _EDXMixin:
             **model_kwargs,
         )
 
-    def concentration_table(self, kind: str = "atomic"):
+    def concentration_table(
+        self,
+        kind: str = "atomic",
+        uncertainty: str = "counting",
+        n_bootstrap: int = 20,
+        random_state: int | np.random.Generator | None = None,
+        progress: bool = True,
+    ):
         """Element fractions of every phase of the last ``G="edx"`` decomposition.
 
         Parameters
@@ -335,24 +342,41 @@ class _EDXMixin:
         kind : {"atomic", "weight"}, default="atomic"
             Atomic or weight fractions of the characteristic part of each
             phase (bremsstrahlung excluded).
+        uncertainty : {"counting", "bootstrap"}, default="counting"
+            ``"counting"``: counting statistics only (instant; a lower bound:
+            the unmixing error, several times larger, is left out).
+            ``"bootstrap"``: adds the unmixing error, a bias estimate from the
+            purest pixels of each phase plus the spread of ``n_bootstrap``
+            refits of Poisson redraws of the fit (costs ``n_bootstrap``
+            refits; needs the fitted estimator, :attr:`espm_estimator`). See
+            :mod:`espm_lite.uncertainty`.
+        n_bootstrap : int, default=20
+            Number of refits (``"bootstrap"``), at least 2.
+        random_state : None, int or numpy Generator
+            Seed of the Poisson redraws (same seed, same table).
+        progress : bool, default=True
+            Show a tqdm progress bar over the refits.
 
         Returns
         -------
         espm_lite.quantification.ConcentrationTable
-            Printable; values, counting-statistics uncertainties and counts.
+            Printable; values, uncertainties (the kind asked for), the
+            counting-statistics sd (``counting``) and counts.
 
         Raises
         ------
         ValueError
-            No ``G="edx"`` fit is the current decomposition (none was run,
-            or another decomposition or a blind source separation came
-            since), or the fit is signed (negative ``W``, e.g. SNMF).
+            A bad argument (named); no ``G="edx"`` fit is the current
+            decomposition (none was run, or another decomposition or a blind
+            source separation came since); the fit is signed (negative ``W``,
+            e.g. SNMF); ``"bootstrap"`` on a fit loaded from a file (the
+            estimator is not saved: run the decomposition again).
 
         Notes
         -----
-        Works on a signal loaded from a file: the fit's ``G`` and ``W`` are
-        saved in ``learning_results`` (``espm_parameters["G"]``, ``espm_W``)
-        and the maps are the loadings.
+        The counting uncertainties work on a signal loaded from a file: the
+        fit's ``G`` and ``W`` are saved in ``learning_results``
+        (``espm_parameters["G"]``, ``espm_W``) and the maps are the loadings.
         """
         from ..models.edx import atomic_weights
         from ..quantification import concentration_table
@@ -360,9 +384,25 @@ class _EDXMixin:
         if kind not in ("atomic", "weight"):
             raise ValueError(f"kind must be 'atomic' or 'weight', got {kind!r}.")
         W, H, G = self._espm_fit_record()
-        elements = G.element_labels
-        weights = atomic_weights(elements) if kind == "weight" else None
-        return concentration_table(W, H, G, kind=kind, atomic_weights=weights)
+        estimator = self.espm_estimator
+        if uncertainty == "bootstrap" and estimator is None:
+            raise ValueError(
+                "uncertainty='bootstrap' refits the fitted estimator, which is not saved "
+                "with a file: run s.decomposition(algorithm='SmoothNMF', G='edx', ...) again."
+            )
+        weights = atomic_weights(G.element_labels) if kind == "weight" else None
+        return concentration_table(
+            W,
+            H,
+            G,
+            kind=kind,
+            atomic_weights=weights,
+            uncertainty=uncertainty,
+            estimator=estimator,
+            n_bootstrap=n_bootstrap,
+            random_state=random_state,
+            progress=progress,
+        )
 
     def plot_element_contributions(self, phases=None):
         """Each phase spectrum with its element and background contributions stacked.

@@ -1,0 +1,168 @@
+"""Uncertainties of the concentration table: counting statistics and the bootstrap."""
+
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.exceptions import ConvergenceWarning
+
+from espm_lite import SmoothNMF
+from espm_lite.datasets import make_edx_spectrum_image
+from espm_lite.quantification import concentration_table
+from espm_lite.uncertainty import phase_fractions, purity_corrected_W
+
+SHAPE = (12, 12)
+
+
+@pytest.fixture(autouse=True)
+def quiet():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        yield
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return make_edx_spectrum_image(
+        shape_2d=SHAPE, energy_scale=0.04, n_channels=250, counts_per_pixel=200, seed=3
+    )
+
+
+@pytest.fixture(scope="module")
+def fitted(phantom):
+    est = SmoothNMF(3, G=phantom.G, normalize=True, shape_2d=SHAPE, verbose=0, max_iter=300)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit_transform(phantom.X)
+    return est
+
+
+def _table(est, G, **kwargs):
+    kwargs = {"n_bootstrap": 3, "random_state": 0, "progress": False, **kwargs}
+    return concentration_table(est.W_, est.H_, G, uncertainty="bootstrap", estimator=est, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def boot(phantom, fitted):
+    return _table(fitted, phantom.G)
+
+
+def test_bootstrap_table_shapes_and_fields(phantom, fitted, boot):
+    shape = (3, len(phantom.elements))
+    for name in ("values", "uncertainties", "counting", "bias", "counts"):
+        assert getattr(boot, name).shape == shape, name
+    assert boot.uncertainty == "bootstrap" and boot.n_bootstrap == 3
+    counting = concentration_table(fitted.W_, fitted.H_, phantom.G)
+    assert counting.uncertainty == "counting" and counting.bias is None
+    np.testing.assert_array_equal(boot.values, counting.values)
+    np.testing.assert_array_equal(boot.counting, counting.uncertainties)
+    np.testing.assert_array_equal(counting.counting, counting.uncertainties)
+
+
+def test_headers_say_which_uncertainty(phantom, fitted, boot):
+    counting = str(concentration_table(fitted.W_, fitted.H_, phantom.G))
+    title = counting.splitlines()[0]
+    assert "counting statistics only" in title and "lower bound" in title
+    boot_title, boot_header = str(boot).splitlines()[:2]
+    assert "bootstrap" in boot_title and "3 Poisson refits" in boot_title
+    assert boot_header.count("counting (lower bound)") == 3
+    assert "±" in str(boot).splitlines()[2]
+
+
+def test_bootstrap_exceeds_counting_statistics(boot):
+    assert np.all(boot.uncertainties >= boot.counting)
+    # the unmixing error is several times the counting error on this phantom
+    assert boot.uncertainties.mean() > 3 * boot.counting.mean()
+    np.testing.assert_array_less(np.abs(boot.bias), boot.uncertainties + 1e-15)
+
+
+def test_random_state_reproduces_the_table(phantom, fitted, boot):
+    again = _table(fitted, phantom.G)
+    np.testing.assert_array_equal(again.uncertainties, boot.uncertainties)
+    other = _table(fitted, phantom.G, random_state=1)
+    assert not np.array_equal(other.uncertainties, boot.uncertainties)
+    rng_a = _table(fitted, phantom.G, random_state=np.random.default_rng(5))
+    rng_b = _table(fitted, phantom.G, random_state=np.random.default_rng(5))
+    np.testing.assert_array_equal(rng_a.uncertainties, rng_b.uncertainties)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"uncertainty": "poisson"}, "uncertainty"),
+        ({"uncertainty": "bootstrap", "n_bootstrap": 1}, "n_bootstrap"),
+        ({"uncertainty": "bootstrap", "n_bootstrap": 2.5}, "n_bootstrap"),
+        ({"uncertainty": "bootstrap", "n_bootstrap": True}, "n_bootstrap"),
+        ({"uncertainty": "bootstrap", "random_state": "seed"}, "random_state"),
+        ({"uncertainty": "bootstrap", "random_state": -1}, "random_state"),
+        ({"uncertainty": "bootstrap", "progress": "yes"}, "progress"),
+        ({"uncertainty": "bootstrap"}, "estimator"),
+    ],
+)
+def test_bad_arguments_are_named(phantom, fitted, kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        concentration_table(fitted.W_, fitted.H_, phantom.G, **kwargs)
+
+
+def test_estimator_of_another_fit_is_refused(phantom, fitted):
+    other = SmoothNMF(2, G=phantom.G, verbose=0, max_iter=5).fit(phantom.X)
+    with pytest.raises(ValueError, match="estimator"):
+        concentration_table(
+            fitted.W_, fitted.H_, phantom.G, uncertainty="bootstrap", estimator=other
+        )
+
+
+def test_inputs_and_estimator_are_not_modified(phantom, fitted):
+    W, H = fitted.W_.copy(), fitted.H_.copy()
+    params = fitted.get_params()
+    W_in, H_in = fitted.W_.copy(), fitted.H_.copy()
+    concentration_table(
+        W_in, H_in, phantom.G, uncertainty="bootstrap", estimator=fitted,
+        n_bootstrap=2, random_state=0, progress=False,
+    )  # fmt: skip
+    np.testing.assert_array_equal(W_in, W)
+    np.testing.assert_array_equal(H_in, H)
+    np.testing.assert_array_equal(fitted.W_, W)
+    np.testing.assert_array_equal(fitted.H_, H)
+    assert fitted.get_params().keys() == params.keys()
+    assert fitted.get_params()["verbose"] == params["verbose"]
+
+
+def test_purity_correction_undoes_a_rotation(phantom):
+    """A fit pushed outward (phase 0 minus 5 % of phase 1) is rotated back exactly."""
+    G = phantom.G.values
+    rows = np.asarray(phantom.G.simplex_rows)
+    W0 = phantom.W
+    rng = np.random.default_rng(0)
+    H0 = rng.uniform(0.2, 1.0, (3, 60))
+    H0[:, :30] = 0.0
+    for r in range(3):  # ten pure pixels per phase
+        H0[r, 10 * r : 10 * r + 10] = 1.0
+    H0 *= 1e5  # counts: the apparent impurity is far above counting noise
+    F = np.zeros((3, 3))
+    F[1, 0] = 0.9 * np.min(W0[:, 0] / W0[:, 1])  # as far out as W1 >= 0 allows
+    W1 = W0 @ (np.eye(3) - F)
+    H1 = (np.eye(3) + F) @ H0  # (I - F)^-1 = I + F as F^2 = 0
+    np.testing.assert_allclose(G @ W1 @ H1, G @ W0 @ H0, rtol=1e-12)
+    masses = np.ones(int(rows.sum()))
+    corrected = phase_fractions(purity_corrected_W(W1, H1, G), rows, masses)
+    np.testing.assert_allclose(corrected, phantom.fractions, atol=1e-12)
+    assert np.abs(phase_fractions(W1, rows, masses) - phantom.fractions).max() > 1e-3
+
+
+def test_hyperspy_method_passes_the_estimator(phantom):
+    pytest.importorskip("hyperspy.api")
+    s = phantom.to_signal()
+    s.decomposition(
+        algorithm="SmoothNMF", G="edx", output_dimension=3, print_info=False, verbose=0,
+        max_iter=200,
+    )  # fmt: skip
+    table = s.concentration_table(uncertainty="bootstrap", n_bootstrap=2, progress=False)
+    assert table.uncertainty == "bootstrap"
+    assert np.all(table.uncertainties >= table.counting)
+    with pytest.raises(ValueError, match="n_bootstrap"):
+        s.concentration_table(uncertainty="bootstrap", n_bootstrap=0)
+    s._espm_estimator = None  # as after hs.load: the estimator is not saved
+    assert s.concentration_table().uncertainty == "counting"
+    with pytest.raises(ValueError, match="decomposition"):
+        s.concentration_table(uncertainty="bootstrap")
