@@ -149,11 +149,19 @@ def test_build_G_reads_the_metadata(phantom):
 
 
 def test_missing_metadata_is_named(phantom):
-    flat = phantom.to_signal().deepcopy()
-    flat.data[:] = np.random.default_rng(0).poisson(0.05, flat.data.shape)  # no X-ray peak
-    del flat.metadata.Sample.elements
+    # bremsstrahlung alone (no X-ray line): no element to propose, so the error names the fix
+    from espm_lite.models import EDXModel
+
+    background = phantom.to_signal().deepcopy()
+    axis = background.axes_manager.signal_axes[0]
+    brems = EDXModel(
+        [], 200.0, energy_offset=axis.offset, energy_scale=axis.scale, n_channels=axis.size
+    ).build_G()
+    expected = np.asarray(brems) @ np.array([70.0, 30.0])
+    background.data[:] = np.random.default_rng(0).poisson(expected, background.data.shape)
+    del background.metadata.Sample.elements
     with pytest.raises(ValueError, match=r"s\.add_elements"):
-        flat.build_G()
+        background.build_G()
     s = phantom.to_signal()
     s.metadata.Acquisition_instrument.TEM.__delattr__("beam_energy")
     with pytest.raises(ValueError, match=r"Acquisition_instrument\.TEM\.beam_energy"):

@@ -19,6 +19,8 @@ import warnings
 
 import numpy as np
 
+from ..models import EDXModel
+from ..models.edx import BEAM_ENERGY_RANGE_KEV
 from ..models.element_search import find_missing_elements
 from ..models.spectrum_fit import MIN_FIT_ENERGY
 from ..models.spectrum_fit import calibrate as calibrate_model
@@ -34,6 +36,67 @@ CALIBRATION_PATH = "espm_lite.calibration"
 
 class MissingElementsWarning(UserWarning):
     """The spectrum has significant peaks that the model's elements do not explain."""
+
+
+def model_from_signal(signal, elements, beam_energy, model_kwargs: dict):
+    """The :class:`~espm_lite.models.EDXModel` of ``signal`` (see ``s.edx_model``).
+
+    Raises
+    ------
+    ValueError
+        Listing every missing item and the metadata path (or method) to set it.
+    """
+    problems = []
+    if elements is None:
+        if signal.metadata.has_item("Sample.elements") and len(signal.metadata.Sample.elements):
+            elements = list(signal.metadata.Sample.elements)
+        else:
+            problems.append(
+                "no elements: set metadata.Sample.elements with s.add_elements(['Fe', 'O'])"
+                " or pass elements=..."
+            )
+    if beam_energy is None:
+        beam_energy = metadata_beam_energy(signal, problems)
+    axis = signal.axes_manager.signal_axes[0]
+    if str(axis.units).strip() != "keV":
+        problems.append(
+            f"the energy axis is in {axis.units!r}, not 'keV': set "
+            "axes_manager.signal_axes[0].units = 'keV' and its offset and scale in keV"
+        )
+    elif not getattr(axis, "is_uniform", True):
+        problems.append("the energy axis is not uniform (offset + i * scale is needed)")
+    if problems:
+        raise ValueError("Cannot build the EDX model of this signal: " + "; ".join(problems))
+    if model_kwargs.get("mass_thickness") is not None and "take_off_angle" not in model_kwargs:
+        # self-absorption: the take-off angle of the detector in the metadata (exspy)
+        model_kwargs["take_off_angle"] = float(signal.get_take_off_angle())
+    return EDXModel(
+        elements,
+        beam_energy,
+        energy_offset=float(axis.offset),
+        energy_scale=float(axis.scale),
+        n_channels=int(axis.size),
+        **model_kwargs,
+    )
+
+
+def metadata_beam_energy(signal, problems: list) -> float | None:
+    """The beam energy (keV) in the metadata; what is wrong goes to ``problems``."""
+    path = f"Acquisition_instrument.{signal._microscope}.beam_energy"
+    how = f"s.set_microscope_parameters(beam_energy={signal._example_beam_energy})"
+    if not signal.metadata.has_item(path):
+        problems.append(
+            f"no beam energy: set metadata.{path} (keV) with {how} or pass beam_energy=..."
+        )
+        return None
+    beam_energy = float(signal.metadata.get_item(path))
+    low, high = BEAM_ENERGY_RANGE_KEV
+    if not low <= beam_energy <= high:
+        problems.append(
+            f"metadata.{path} is {beam_energy:g}, but the beam energy is in keV, "
+            f"between {low:g} and {high:g} keV (eV by mistake?): set it with {how}"
+        )
+    return beam_energy
 
 
 def zero_peak_mask(signal, estimator, signal_mask):

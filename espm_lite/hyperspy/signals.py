@@ -33,7 +33,7 @@ from exspy.signals import (
 )
 from hyperspy.signals import LazySignal1D, Signal1D
 
-from ..models.edx import BEAM_ENERGY_RANGE_KEV, check_beam_energy
+from ..models.edx import check_beam_energy
 from .decomposition import EspmDecompositionMixin
 
 _logger = logging.getLogger(__name__)
@@ -174,58 +174,9 @@ class _EDXMixin:
         ValueError
             Listing every missing item and the metadata path (or method) to set it.
         """
-        from ..models import EDXModel
+        from ._edx_setup import model_from_signal
 
-        problems = []
-        if elements is None:
-            if self.metadata.has_item("Sample.elements") and len(self.metadata.Sample.elements):
-                elements = list(self.metadata.Sample.elements)
-            else:
-                problems.append(
-                    "no elements: set metadata.Sample.elements with s.add_elements(['Fe', 'O'])"
-                    " or pass elements=..."
-                )
-        if beam_energy is None:
-            beam_energy = self._metadata_beam_energy(problems)
-        axis = self.axes_manager.signal_axes[0]
-        if str(axis.units).strip() != "keV":
-            problems.append(
-                f"the energy axis is in {axis.units!r}, not 'keV': set "
-                "axes_manager.signal_axes[0].units = 'keV' and its offset and scale in keV"
-            )
-        elif not getattr(axis, "is_uniform", True):
-            problems.append("the energy axis is not uniform (offset + i * scale is needed)")
-        if problems:
-            raise ValueError("Cannot build the EDX model of this signal: " + "; ".join(problems))
-        if model_kwargs.get("mass_thickness") is not None and "take_off_angle" not in model_kwargs:
-            # self-absorption: the take-off angle of the detector in the metadata (exspy)
-            model_kwargs["take_off_angle"] = float(self.get_take_off_angle())
-        return EDXModel(
-            elements,
-            beam_energy,
-            energy_offset=float(axis.offset),
-            energy_scale=float(axis.scale),
-            n_channels=int(axis.size),
-            **model_kwargs,
-        )
-
-    def _metadata_beam_energy(self, problems: list) -> float | None:
-        """The beam energy (keV) in the metadata; what is wrong goes to ``problems``."""
-        path = f"Acquisition_instrument.{self._microscope}.beam_energy"
-        how = f"s.set_microscope_parameters(beam_energy={self._example_beam_energy})"
-        if not self.metadata.has_item(path):
-            problems.append(
-                f"no beam energy: set metadata.{path} (keV) with {how} or pass beam_energy=..."
-            )
-            return None
-        beam_energy = float(self.metadata.get_item(path))
-        low, high = BEAM_ENERGY_RANGE_KEV
-        if not low <= beam_energy <= high:
-            problems.append(
-                f"metadata.{path} is {beam_energy:g}, but the beam energy is in keV, "
-                f"between {low:g} and {high:g} keV (eV by mistake?): set it with {how}"
-            )
-        return beam_energy
+        return model_from_signal(self, elements, beam_energy, model_kwargs)
 
     def build_G(
         self,
@@ -491,7 +442,7 @@ class EDSespmSEMSpectrum(EspmDecompositionMixin, _EDXMixin, EDSSEMSpectrum):
         )
         return super().build_G(elements, beam_energy, **kwargs)
 
-    def concentration_table(self, kind: str = "atomic"):
+    def concentration_table(self, *args, **kwargs):
         """Refused on SEM data: see :data:`BULK_SPECIMEN_REASON`.
 
         Raises

@@ -5,9 +5,8 @@ r"""The EDX physics matrix ``G``: X-ray lines of elements plus bremsstrahlung.
 atomic fractions (element rows, on the simplex) and its bremsstrahlung
 weights (background rows, free).
 
-Physical model and its simplifications (a "lite" model, documented so that
-its limits are known; the formulas that do not depend on the energy axis are in
-:mod:`espm_lite.models.xray_physics`):
+The simplifications of this "lite" model, so that its limits are known (the
+formulas that do not depend on the energy axis: :mod:`.xray_physics`):
 
 * **Lines.** Energies and relative weights from exspy's elements database
   (``exspy.material.elements``). exspy's weights are relative within one
@@ -91,6 +90,7 @@ from .xray_physics import (
     atomic_to_weight_fractions,
     atomic_weights,
     default_detector_efficiency,
+    detector_efficiency_curve,
     excited_lines,
     family_yield,
     film_transmission,
@@ -285,12 +285,8 @@ class EDXModel:
     def recalibrated(
         self, energy_offset: float, energy_scale: float, fwhm_mn_ka: float
     ) -> EDXModel:
-        """The same lines and factors on a refined energy axis and resolution.
-
-        Unlike :meth:`replace`, the lines kept and the element factors are not
-        recomputed, so a line near the end of the range does not come and go
-        as the axis moves (what a calibration needs).
-        """
+        """The same lines and factors on a refined axis and resolution (a calibration:
+        unlike :meth:`replace`, lines near the ends of the range do not come and go)."""
         new = copy.copy(self)
         new.energy_offset = finite_float("energy_offset", energy_offset)
         new.energy_scale = positive_float("energy_scale", energy_scale)
@@ -302,10 +298,6 @@ class EDXModel:
             "fwhm_mn_ka": new.fwhm_mn_ka,
         }
         return new
-
-    def get_params(self) -> dict:
-        """The constructor's parameters, as given."""
-        return dict(self._parameters)
 
     # ----------------------------------------------------------- quantities
     @property
@@ -331,22 +323,7 @@ class EDXModel:
         ValueError
             If a user callable returns negative or non-finite values.
         """
-        energy = np.asarray(energy, dtype=np.float64)
-        if self.detector_efficiency is True:
-            return default_detector_efficiency(energy)
-        if self.detector_efficiency is False:
-            return np.ones_like(energy)
-        values = np.asarray(self.detector_efficiency(energy), dtype=np.float64)
-        try:
-            values = np.broadcast_to(values, energy.shape).copy()
-        except ValueError:
-            raise ValueError(
-                "detector_efficiency must return one value per energy, got shape "
-                f"{values.shape} for energies of shape {energy.shape}."
-            ) from None
-        if not np.all(np.isfinite(values)) or np.any(values < 0):
-            raise ValueError("detector_efficiency must return finite, non-negative values.")
-        return values
+        return detector_efficiency_curve(self.detector_efficiency, energy)
 
     def build_G(self) -> LabelledG:
         """The known matrix of ``X ~ G W H``.

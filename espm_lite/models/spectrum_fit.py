@@ -17,8 +17,7 @@ about 1 when the model explains the spectrum up to counting noise.
 
 Calibration refines the energy axis (offset and gain) and the detector
 resolution (FWHM at Mn Kα) of an :class:`~espm_lite.models.EDXModel` by
-minimising ``D``: four probes first (a quarter channel, 2.5 eV of resolution;
-if none gains, the model is kept as it is), then a grid over the offset (a peak
+minimising ``D``: a grid over the offset (a peak
 shifted by more than its width leaves a narrow valley), then Nelder-Mead
 over the shifts at the first and last fitted channels and the resolution.
 A refinement is kept when it lowers the total deviance by at least
@@ -59,8 +58,6 @@ MAX_SHIFT_CHANNELS = 10.0
 #: A calibration is kept only if it lowers the total deviance by this much (a likelihood
 #: ratio of e^-12.5 between the two, far beyond chance for three parameters).
 MIN_DEVIANCE_GAIN = 25.0
-#: The full search runs only if a probe step lowers the total deviance by this much.
-PROBE_GAIN = 2.0
 #: Range of the detector resolution (keV, FWHM at Mn Kα) the calibration searches.
 FWHM_RANGE = (0.060, 0.250)
 
@@ -203,55 +200,16 @@ def calibrate(counts: ArrayLike, model, channels: ArrayLike | None = None):
     x = np.asarray(counts, dtype=np.float64)
     if channels is None:
         channels = fitted_channels(model.energy)
-    channels = np.asarray(channels, dtype=bool)
-    first, last = np.flatnonzero(channels)[[0, -1]]
-    span = max(int(last - first), 1)
-
-    def recalibrated(params):
-        low, high, fwhm = params
-        scale = model.energy_scale * (1.0 + (high - low) / span)
-        offset = model.energy_offset + model.energy_scale * low
-        offset -= (scale - model.energy_scale) * first
-        return model.recalibrated(offset, scale, float(np.clip(fwhm, *FWHM_RANGE)))
-
-    last = {}
-
-    def deviance(params):
-        if max(abs(params[0]), abs(params[1])) > MAX_SHIFT_CHANNELS:
-            return np.inf
-        fit = fit_spectrum(x, recalibrated(params).build_G(), channels, last.get("w"))
-        last["w"] = fit.coefficients  # a warm start for the next, nearby axis
-        return fit.deviance
-
-    before = deviance((0.0, 0.0, model.fwhm_mn_ka))
+    objective = _CalibrationObjective(x, model, np.asarray(channels, dtype=bool))
+    before = objective((0.0, 0.0, model.fwhm_mn_ka))
     unchanged = Calibration(
         model.energy_offset, model.energy_scale, model.fwhm_mn_ka, before, before
     )
-    n_fit = int(channels.sum())
-    probes = [(0.25, 0.25, 0.0), (-0.25, -0.25, 0.0), (0.0, 0.0, 0.0025), (0.0, 0.0, -0.0025)]
-    best_probe = min(deviance((a, b, model.fwhm_mn_ka + f)) for a, b, f in probes)
-    if (before - best_probe) * n_fit < PROBE_GAIN:
-        # a quarter channel or 2.5 eV of resolution gains nothing: already calibrated
-        return _with_record(model, unchanged), unchanged
-    shifts = np.arange(-MAX_SHIFT_CHANNELS, MAX_SHIFT_CHANNELS + 0.5, 1.0)
-    grid = [deviance((d, d, model.fwhm_mn_ka)) for d in shifts]
-    d0 = float(shifts[int(np.argmin(grid))])
-    start = np.array([d0, d0, model.fwhm_mn_ka])
-    result = minimize(
-        deviance,
-        start,
-        method="Nelder-Mead",
-        options={
-            "initial_simplex": start + np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 0.01]]),
-            "xatol": 0.02,
-            "fatol": 1e-4 * max(before, 1.0),
-            "maxfev": 300,
-        },
-    )
-    after = float(result.fun)
+    n_fit = int(objective.channels.sum())
+    params, after = objective.minimise(before)
     if not (before - after) * n_fit >= MIN_DEVIANCE_GAIN:
         return _with_record(model, unchanged), unchanged
-    refined = recalibrated(result.x)
+    refined = objective.model_at(params)
     record = Calibration(
         refined.energy_offset, refined.energy_scale, refined.fwhm_mn_ka, before, after
     )
@@ -268,6 +226,52 @@ def calibrate(counts: ArrayLike, model, channels: ArrayLike | None = None):
         after,
     )
     return _with_record(refined, record), record
+
+
+class _CalibrationObjective:
+    """Deviance per channel of the best fit as a function of ``(low, high, fwhm)``:
+    the axis shifts (channels) at the first and last fitted channel and the resolution."""
+
+    def __init__(self, counts: np.ndarray, model, channels: np.ndarray) -> None:
+        self.counts, self.model, self.channels = counts, model, channels
+        self.first, last = np.flatnonzero(channels)[[0, -1]]
+        self.span = max(int(last - self.first), 1)
+        self.warm = None  # the last fit's coefficients: a start for the next, nearby axis
+
+    def model_at(self, params):
+        low, high, fwhm = params
+        m = self.model
+        scale = m.energy_scale * (1.0 + (high - low) / self.span)
+        offset = m.energy_offset + m.energy_scale * low - (scale - m.energy_scale) * self.first
+        return m.recalibrated(offset, scale, float(np.clip(fwhm, *FWHM_RANGE)))
+
+    def __call__(self, params) -> float:
+        if max(abs(params[0]), abs(params[1])) > MAX_SHIFT_CHANNELS:
+            return np.inf
+        G = self.model_at(params).build_G()
+        fit = fit_spectrum(self.counts, G, self.channels, self.warm)
+        self.warm = fit.coefficients
+        return fit.deviance
+
+    def minimise(self, before: float) -> tuple[np.ndarray, float]:
+        """A grid over a common shift, then Nelder-Mead over the three parameters."""
+        fwhm = self.model.fwhm_mn_ka
+        shifts = np.arange(-MAX_SHIFT_CHANNELS, MAX_SHIFT_CHANNELS + 0.5, 1.0)
+        d0 = float(shifts[int(np.argmin([self((d, d, fwhm)) for d in shifts]))])
+        start = np.array([d0, d0, fwhm])
+        result = minimize(
+            self,
+            start,
+            method="Nelder-Mead",
+            options={
+                "initial_simplex": start
+                + np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 0.01]]),
+                "xatol": 0.02,
+                "fatol": 1e-4 * max(before, 1.0),
+                "maxfev": 300,
+            },
+        )
+        return result.x, float(result.fun)
 
 
 def _with_record(model, record: Calibration):

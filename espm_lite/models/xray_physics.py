@@ -35,6 +35,7 @@ __all__ = [
     "atomic_weights",
     "critical_energy",
     "default_detector_efficiency",
+    "detector_efficiency_curve",
     "excited_lines",
     "family_yield",
     "film_transmission",
@@ -234,6 +235,35 @@ def default_detector_efficiency(energy: ArrayLike) -> np.ndarray:
     """
     energy = np.maximum(np.asarray(energy, dtype=np.float64), 1e-6)
     return np.exp(-((0.25 / energy) ** 2.5)) * (1.0 - np.exp(-((15.0 / energy) ** 3)))
+
+
+def detector_efficiency_curve(choice, energy: ArrayLike) -> np.ndarray:
+    """Detector efficiency at ``energy`` (keV) for an ``EDXModel.detector_efficiency`` choice.
+
+    ``True``: :func:`default_detector_efficiency`; ``False``: 1; a callable of
+    the energy (keV), checked.
+
+    Raises
+    ------
+    ValueError
+        If a callable returns values of the wrong shape, negative or non-finite.
+    """
+    energy = np.asarray(energy, dtype=np.float64)
+    if choice is True:
+        return default_detector_efficiency(energy)
+    if choice is False:
+        return np.ones_like(energy)
+    values = np.asarray(choice(energy), dtype=np.float64)
+    try:
+        values = np.broadcast_to(values, energy.shape).copy()
+    except ValueError:
+        raise ValueError(
+            "detector_efficiency must return one value per energy, got shape "
+            f"{values.shape} for energies of shape {energy.shape}."
+        ) from None
+    if not np.all(np.isfinite(values)) or np.any(values < 0):
+        raise ValueError("detector_efficiency must return finite, non-negative values.")
+    return values
 
 
 def fwhm_at(energy: ArrayLike, fwhm_mn_ka: float = 0.130) -> np.ndarray:
