@@ -169,3 +169,18 @@ def test_fits_with_G_leave_the_zero_peak_out():
     # without G every channel is fitted (the zero peak is data like any other)
     s.decomposition(algorithm="SmoothNMF", output_dimension=2, max_iter=5, verbose=0)
     assert np.all(np.isfinite(np.asarray(s.learning_results.factors)))
+
+
+def test_search_arguments_are_checked():
+    from espm_lite.models.element_search import find_missing_elements
+
+    model = EDXModel(["Fe"], 200.0, **AXIS)
+    counts = np.ones(1500)
+    with pytest.raises(ValueError, match="counts"):
+        find_missing_elements(np.ones(10), model)
+    with pytest.raises(ValueError, match="counts"):
+        find_missing_elements(-counts, model)
+    with pytest.raises(ValueError, match="significance"):
+        find_missing_elements(counts, model, significance=0)
+    with pytest.raises(ValueError, match="max_elements"):
+        find_missing_elements(counts, model, max_elements=0)

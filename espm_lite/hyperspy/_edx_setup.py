@@ -108,7 +108,7 @@ def zero_peak_mask(signal, estimator, signal_mask):
     channel.
     """
     G = estimator.get_params(deep=False).get("G")
-    if G is None or (callable(G) and not isinstance(G, str)):
+    if G is None or callable(G):
         return signal_mask
     axis = signal.axes_manager.signal_axes[0]
     low = np.asarray(axis.axis, dtype=np.float64) < MIN_FIT_ENERGY

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
+from .._validation import positive_float, positive_int
 from .spectrum_fit import fit_spectrum, fitted_channels, poisson_deviance
 from .xray_physics import element_entry, elements_database, fwhm_at
 
@@ -196,8 +197,21 @@ def find_missing_elements(
     list of ElementCandidate
         Ranked: the most significant first; empty when the model explains
         the spectrum.
+
+    Raises
+    ------
+    ValueError
+        ``counts`` not one finite non-negative value per channel, a
+        non-positive ``significance`` or ``max_elements``.
     """
     x = np.asarray(counts, dtype=np.float64)
+    if x.shape != (model.n_channels,) or not np.all(np.isfinite(x)) or np.any(x < 0):
+        raise ValueError(
+            f"counts must be {model.n_channels} finite non-negative values (one per channel "
+            f"of the model), got shape {x.shape}."
+        )
+    significance = positive_float("significance", significance)
+    max_elements = positive_int("max_elements", max_elements)
     channels = fitted_channels(model.energy) if channels is None else np.asarray(channels, bool)
     pool = [e for e in (candidates or candidate_elements()) if e not in model.elements]
     singles = {e: _single_model(e, model) for e in pool}

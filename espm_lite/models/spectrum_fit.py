@@ -248,7 +248,10 @@ class _CalibrationObjective:
     def __call__(self, params) -> float:
         if max(abs(params[0]), abs(params[1])) > MAX_SHIFT_CHANNELS:
             return np.inf
-        G = self.model_at(params).build_G()
+        try:
+            G = self.model_at(params).build_G()
+        except ValueError:  # the shift moved all the lines of a column out of the range
+            return np.inf
         fit = fit_spectrum(self.counts, G, self.channels, self.warm)
         self.warm = fit.coefficients
         return fit.deviance
