@@ -1,6 +1,9 @@
+import warnings
+
 import matplotlib
 import numpy as np
 import pytest
+from sklearn.exceptions import ConvergenceWarning
 
 matplotlib.use("Agg")
 
@@ -32,3 +35,11 @@ def small_problem():
     D = rng.random((30, 3)) ** 3
     H = rng.dirichlet(np.ones(3), size=48).T
     return rng.poisson(50 * D @ H).astype(np.float64)
+
+
+@pytest.fixture
+def quiet_convergence():
+    """Ignore ConvergenceWarning in a test (use with ``pytest.mark.usefixtures``)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        yield

@@ -7,7 +7,6 @@ import warnings
 
 import numpy as np
 import pytest
-from sklearn.exceptions import ConvergenceWarning
 
 hs = pytest.importorskip("hyperspy.api")
 exspy = pytest.importorskip("exspy")
@@ -25,11 +24,8 @@ BASIS_WARNING = r"thin-film EDX model is used as an approximate spectral basis"
 REFUSAL = r"No thin-film quantification.*bulk specimen.*\(ZAF\).*would be wrong"
 
 
-@pytest.fixture(autouse=True)
-def quiet():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        yield
+# ConvergenceWarnings of the short fits here are not what these tests are about
+pytestmark = pytest.mark.usefixtures("quiet_convergence")
 
 
 def sem_spectrum_image(signal_type="EDS_espm_lite", shape=(4, 4), seed=0):

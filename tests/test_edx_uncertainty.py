@@ -14,11 +14,8 @@ from espm_lite.uncertainty import phase_fractions, purity_corrected_W
 SHAPE = (12, 12)
 
 
-@pytest.fixture(autouse=True)
-def quiet():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        yield
+# ConvergenceWarnings of the short fits here are not what these tests are about
+pytestmark = pytest.mark.usefixtures("quiet_convergence")
 
 
 @pytest.fixture(scope="module")

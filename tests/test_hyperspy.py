@@ -1,11 +1,9 @@
 """The HyperSpy plugin: registered signal types and decomposition with espm_lite."""
 
 import logging
-import warnings
 
 import numpy as np
 import pytest
-from sklearn.exceptions import ConvergenceWarning
 
 hs = pytest.importorskip("hyperspy.api")
 
@@ -37,11 +35,8 @@ def as_signal(data, signal_type=None, dtype=np.int64):
     return s
 
 
-@pytest.fixture(autouse=True)
-def quiet():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        yield
+# ConvergenceWarnings of the short fits here are not what these tests are about
+pytestmark = pytest.mark.usefixtures("quiet_convergence")
 
 
 def angles_of(s, data):

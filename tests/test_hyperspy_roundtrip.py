@@ -19,11 +19,8 @@ from espm_lite.hyperspy.decomposition import NOT_SAVED  # noqa: E402
 FIT = dict(output_dimension=3, G="edx", random_state=0, verbose=0, max_iter=200, tol=1e-5)
 
 
-@pytest.fixture(autouse=True)
-def quiet():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        yield
+# ConvergenceWarnings of the short fits here are not what these tests are about
+pytestmark = pytest.mark.usefixtures("quiet_convergence")
 
 
 @pytest.fixture(scope="module")

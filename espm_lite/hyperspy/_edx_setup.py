@@ -173,8 +173,9 @@ def _start(signal, elements, beam_energy, calibrate, model_kwargs):
 
     The resolution defaults to the metadata's ``energy_resolution_MnKa``.
     """
-    if "fwhm_mn_ka" not in model_kwargs and _detector_resolution(signal) is not None:
-        model_kwargs["fwhm_mn_ka"] = _detector_resolution(signal)
+    resolution = _detector_resolution(signal)
+    if "fwhm_mn_ka" not in model_kwargs and resolution is not None:
+        model_kwargs["fwhm_mn_ka"] = resolution
     no_elements = elements is None and not (
         signal.metadata.has_item("Sample.elements") and len(signal.metadata.Sample.elements)
     )
