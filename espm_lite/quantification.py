@@ -364,15 +364,15 @@ def plot_element_contributions(
     labels = list(G.labels)
     # a distinct colour per element or family column (tab10 repeats after 10, and a
     # background would look like an element), shades of grey for the bremsstrahlung
-    lines = [label for label in labels if not label.startswith("bremsstrahlung")]
-    palette = plt.get_cmap("tab20" if len(lines) > 10 else "tab10").colors
-    n_background = len(labels) - len(lines)
-    greys = [str(0.45 + 0.4 * j / max(n_background, 1)) for j in range(n_background)]
-    colours = [palette[i % len(palette)] for i in range(len(lines))] + greys
-    order = [labels.index(label) for label in lines] + [
-        i for i, label in enumerate(labels) if label.startswith("bremsstrahlung")
+    background = [label.startswith("bremsstrahlung") for label in labels]
+    n_background = sum(background)
+    palette = plt.get_cmap("tab20" if len(labels) - n_background > 10 else "tab10").colors
+    line_index = np.cumsum([not b for b in background]) - 1
+    grey_index = np.cumsum(background) - 1
+    colours = [
+        str(0.45 + 0.4 * g / max(n_background, 1)) if b else palette[i % len(palette)]
+        for b, i, g in zip(background, line_index, grey_index, strict=True)
     ]
-    colours = [colours[order.index(i)] for i in range(len(labels))]
     for ax, r in zip(axes, phases, strict=True):
         parts = values * (W[:, r] * intensity[r])[None, :]  # (n, m) counts per column
         ax.stackplot(energy, parts.T, labels=labels, colors=colours, alpha=0.8)
