@@ -37,7 +37,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .uncertainty import DEFAULT_N_BOOTSTRAP, bootstrap_uncertainty, check_uncertainty_args
+from .uncertainty import (
+    DEFAULT_N_BOOTSTRAP,
+    bootstrap_uncertainty,
+    check_uncertainty_args,
+    half_width,
+)
 
 if TYPE_CHECKING:
     from .estimators import NMFEstimator
@@ -284,9 +289,17 @@ def concentration_table(
     _check_estimator(estimator, values, W, H)
     options = {"n_bootstrap": n_bootstrap, "random_state": random_state, "progress": progress}
     bias, spread = bootstrap_uncertainty(estimator, W, H, values, rows, masses, **options)
-    half_width = np.abs(bias) + np.maximum(spread, sd)
     return ConcentrationTable(
-        elements, names, fractions, half_width, counts, kind, "bootstrap", sd, bias, n_bootstrap
+        elements,
+        names,
+        fractions,
+        half_width(bias, spread, sd),
+        counts,
+        kind,
+        "bootstrap",
+        sd,
+        bias,
+        n_bootstrap,
     )
 
 
