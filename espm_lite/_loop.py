@@ -27,10 +27,15 @@ spectrum turns it by at most ``arcsin(delta)``). The objective's relative
 change ``|F_{t-1} - F_t| / |F_t|`` (espm's rule, and the one used
 before) is still recorded as ``rel_change``; ``delta`` as ``factor_change``.
 
-The fit also stops when the objective increases (``F_t > F_{t-1} (1 +
-10^{-12})``: the previous iterate is restored and the fit stops, unless the
-solver's ``on_increase`` asks to go on, e.g. after halving a step), or after
-``max_iter`` iterations (then a ``ConvergenceWarning``).
+Between steps the iterate is extrapolated (:mod:`espm_lite._extrapolation`)
+when the solver supports it; an extrapolated point whose objective is above
+the iterate before it is refused (that iterate is restored and the
+extrapolation weight shrinks), so the objective never rises.
+
+The fit also stops when the objective increases after a plain step (``F_t >
+F_{t-1} (1 + 10^{-12})``: the previous iterate is restored and the fit stops,
+unless the solver's ``on_increase`` asks to go on, e.g. after halving a step),
+or after ``max_iter`` iterations (then a ``ConvergenceWarning``).
 
 The choice of the rule and of the defaults is measured in
 ``benchmarks/bench_stopping.py`` (see ``docs/maths.md``, "Stopping rule").
@@ -47,13 +52,15 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from tqdm.auto import tqdm
 
+from ._extrapolation import Extrapolation
+
 logger = logging.getLogger(__name__)
 
 #: Relative increase of the objective tolerated as rounding.
 INCREASE_RTOL = 1e-12
 
 #: Consecutive iterations with a relative factor change below ``tol`` before stopping.
-STOP_WINDOW = 10
+STOP_WINDOW = 50
 
 Monitor = Callable[..., dict]
 
@@ -98,6 +105,16 @@ class History:
             for name in names[1:]:
                 self.rows[-1][name] = terms.get(name, 0.0) / n_entries
 
+    def report_units(self, solver, problem) -> None:
+        """The rows (per data entry) converted in place to the units of the raw data."""
+        names = solver.names
+        for row in self.rows:
+            terms = {"data": row[names[0]], **{name: row[name] for name in names[1:]}}
+            terms = solver.report(problem, terms, problem.n_entries)
+            row[names[0]] = terms.pop("data")
+            row.update(terms)
+            row["full_loss"] = row[names[0]] + sum(terms.values())
+
     def as_array(self, names: tuple[str, ...]) -> np.ndarray:
         """The rows as a structured array with the fields ``names`` first."""
         names = list(names)
@@ -135,6 +152,23 @@ def _increased(settings: _Settings, f: float, f_older: float | None) -> bool:
     return f_older is not None and f > f_older * (1 + INCREASE_RTOL) and not settings.no_stop
 
 
+def _extrapolation_refused(extrapolation, f: float, f_older: float | None) -> bool:
+    """Whether the iterate of objective ``f`` was extrapolated and rose above ``f_older``
+    (or overflowed).
+
+    Checked even with ``no_stop``: extrapolation never makes a fit non-monotone.
+    """
+    refused = (
+        extrapolation is not None
+        and extrapolation.applied
+        and f_older is not None
+        and not f <= f_older * (1 + INCREASE_RTOL)  # NaN or infinite refused too
+    )
+    if refused:
+        extrapolation.refused()
+    return refused
+
+
 def _relative_change(f_older: float, f: float) -> float:
     return abs(f_older - f) / max(abs(f), np.finfo(np.float64).tiny)
 
@@ -161,6 +195,7 @@ def run(
     tol: float,
     max_iter: int,
     no_stop: bool = False,
+    extrapolate: bool = True,
     monitor: Monitor | None = None,
     verbose: int = 1,
     eval_print: int = 10,
@@ -182,6 +217,9 @@ def run(
         Stopping rule: stop when the relative change of the factors is below
         ``tol`` at :data:`STOP_WINDOW` consecutive iterations (``no_stop``:
         exactly ``max_iter`` iterations).
+    extrapolate : bool
+        Extrapolate between steps where the solver supports it
+        (:mod:`espm_lite._extrapolation`).
     monitor : callable, optional
         ``monitor(problem, solver, state) -> dict`` of extra history values
         (e.g. angles to the true spectra), evaluated at every iterate.  The
@@ -199,6 +237,7 @@ def run(
     settings = _Settings(
         tol, max_iter, no_stop, problem.n_entries, name, eval_print, tuple(solver.names)
     )
+    extrapolation = Extrapolation() if extrapolate and solver.extrapolated(problem) else None
 
     factors = [_factors(solver, problem, state)]  # of the newest iterate
 
@@ -213,7 +252,17 @@ def run(
     bar = tqdm(total=max_iter, disable=not verbose, desc=name, leave=False)
     try:
         f_older, terms_older, stopped = _iterate(
-            solver, problem, state, settings, history, snaps, measure, factors, bar, debug
+            solver,
+            problem,
+            state,
+            settings,
+            history,
+            snaps,
+            measure,
+            factors,
+            bar,
+            debug,
+            extrapolation,
         )
     finally:
         bar.close()
@@ -221,7 +270,9 @@ def run(
     return history
 
 
-def _iterate(solver, problem, state, settings, history, snaps, measure, factors, bar, debug):
+def _iterate(
+    solver, problem, state, settings, history, snaps, measure, factors, bar, debug, extrapolation
+):
     """The iterations; returns ``(F of the last iterate, its terms, stopped on increase)``."""
     f_older = terms_older = None  # objective of Z_{t-2}
     for it in range(1, settings.max_iter + 1):
@@ -231,6 +282,13 @@ def _iterate(solver, problem, state, settings, history, snaps, measure, factors,
             raise FloatingPointError(f"Non-finite factor at iteration {it}.")
         bar.update(1)
         f = sum(terms.values())  # F(Z_{it-1})
+        if _extrapolation_refused(extrapolation, f, f_older):
+            # The extrapolated point raised the objective: back to the iterate before it.
+            state.restore(snaps[-2][0])
+            snaps[:] = [snaps[-2]]
+            f_older = terms_older = None
+            factors[0] = _factors(solver, problem, state)
+            continue
         if not np.isfinite(f):
             raise FloatingPointError(
                 f"{settings.name}: the objective is not finite at iteration {it - 1} "
@@ -267,6 +325,10 @@ def _iterate(solver, problem, state, settings, history, snaps, measure, factors,
                     f / settings.n_entries,
                 )
         f_older, terms_older = f, terms
+        if extrapolation is not None:
+            if history.rows:
+                extrapolation.accepted()
+            extrapolation.after_step(solver, problem, state)
         newest = _factors(solver, problem, state)  # of Z_it
         change = factor_change(factors[0], newest)
         factors[0] = newest

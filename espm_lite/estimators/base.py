@@ -61,9 +61,9 @@ class NMFEstimator(
         Initialisation. ``None``: ``"nndsvda"`` when ``k <= min(n, p)``, else
         ``"random"``. Initial ``W`` / ``H`` passed to :meth:`fit_transform`
         take precedence.
-    tol : float, default=3e-6
+    tol : float, default=3e-7
         Stop when the relative change of the factors (spectra and maps,
-        Frobenius norms) stays below ``tol`` for 10 consecutive iterations
+        Frobenius norms) stays below ``tol`` for 50 consecutive iterations
         (:mod:`espm_lite._loop`; measured in ``benchmarks/bench_stopping.py``:
         the default reaches the converged answer, see ``docs/maths.md``).
     max_iter : int, default=10000
@@ -109,6 +109,11 @@ class NMFEstimator(
         and ``components_ = (G W)^T``.
     no_stop_criterion : bool, default=False
         Run exactly ``max_iter`` iterations.
+    accelerate : bool, default=True
+        Extrapolate the iterates between updates (Ang & Gillis, 2019), with a
+        restart whenever the objective would rise, so the fit stays monotone
+        (:mod:`espm_lite._extrapolation`); ``False`` runs the plain updates
+        (espm's iterates).
     simplex_H : bool, default=False
         Each pixel's abundances sum to one.
     simplex_W : bool, default=True
@@ -180,6 +185,7 @@ class NMFEstimator(
         "fixed_W": ["array-like", None],
         "hspy_comp": ["boolean"],
         "no_stop_criterion": ["boolean"],
+        "accelerate": ["boolean"],
         "simplex_H": ["boolean"],
         "simplex_W": ["boolean"],
         "sparse": [
@@ -195,7 +201,7 @@ class NMFEstimator(
         n_components=2,
         *,
         init=None,
-        tol=3e-6,
+        tol=3e-7,
         max_iter=10000,
         random_state=None,
         verbose=1,
@@ -212,6 +218,7 @@ class NMFEstimator(
         fixed_W=None,
         hspy_comp=False,
         no_stop_criterion=False,
+        accelerate=True,
         simplex_H=False,
         simplex_W=True,
         sparse="auto",
@@ -236,6 +243,7 @@ class NMFEstimator(
         self.fixed_W = fixed_W
         self.hspy_comp = hspy_comp
         self.no_stop_criterion = no_stop_criterion
+        self.accelerate = accelerate
         self.simplex_H = simplex_H
         self.simplex_W = simplex_W
         self.sparse = sparse
@@ -315,6 +323,7 @@ class NMFEstimator(
             tol=self.tol,
             max_iter=self.max_iter,
             no_stop=self.no_stop_criterion,
+            extrapolate=self.accelerate,
             monitor=truth_monitor(self.true_D, self.true_H, problem.n_channels, problem.n_pixels),
             verbose=self.verbose,
             eval_print=self.eval_print,
@@ -351,7 +360,7 @@ class NMFEstimator(
             setattr(self, name, value)
         self.n_iter_ = history.n_iter
         self._penalty_units = problem.penalty_units()
-        _report_rows(history.rows, solver, problem)
+        history.report_units(solver, problem)
         self._history = history.as_array(("full_loss", *solver.names, "rel_change"))
         self.losses_ = self._history["full_loss"].copy()
         return self.H_.T.copy() if self.hspy_comp else D
@@ -485,14 +494,3 @@ class NMFEstimator(
         check_is_fitted(self)
         X = validate_input(self, X, reset=False, where="transform (input X)")
         return kernels.canonical_csr(X) if sp.issparse(X) else X
-
-
-def _report_rows(rows: list[dict], solver: Solver, problem: Problem) -> None:
-    """History rows (per data entry) converted in place to the units of the raw data."""
-    names = solver.names
-    for row in rows:
-        terms = {"data": row[names[0]], **{name: row[name] for name in names[1:]}}
-        terms = solver.report(problem, terms, problem.n_entries)
-        row[names[0]] = terms.pop("data")
-        row.update(terms)
-        row["full_loss"] = row[names[0]] + sum(terms.values())

@@ -68,7 +68,7 @@ class ConvexNMF(FrobeniusNMF):
         of the pixels, ``A`` the cluster indicators plus 0.2 and ``B`` the
         same normalised per cluster (the spectra start near the centroids).
     tol, max_iter, random_state, verbose, debug, eval_print, true_D, true_H, \
-hspy_comp, no_stop_criterion, dtype
+hspy_comp, no_stop_criterion, accelerate, dtype
         See :class:`NMFEstimator`.
     shape_2d : (int, int) or None
         Accepted (HyperSpy fills it in) and checked, not used.
@@ -121,7 +121,7 @@ n_features_in_, data_path_
         l1_penalty=0.0,
         strict_convex=True,
         init=None,
-        tol=3e-6,
+        tol=3e-7,
         max_iter=10000,
         random_state=None,
         verbose=1,
@@ -134,6 +134,7 @@ n_features_in_, data_path_
         true_H=None,
         hspy_comp=False,
         no_stop_criterion=False,
+        accelerate=True,
         dtype=None,
     ):
         self.n_components = n_components
@@ -154,6 +155,7 @@ n_features_in_, data_path_
         self.true_H = true_H
         self.hspy_comp = hspy_comp
         self.no_stop_criterion = no_stop_criterion
+        self.accelerate = accelerate
         self.dtype = dtype
 
     def _intensity_factor(self) -> str:

@@ -121,13 +121,13 @@ class PNMF(NMFEstimator):
         pixel); ``None``: empirical Bayes.
     prior_var : float, array-like of shape (n_components,) or None, default=None
         Fixed prior variance ``s^2`` (> 0); ``None``: empirical Bayes.
-    tol : float, default=3e-6
+    tol : float, default=3e-7
         Stop when the relative change of the spectra and posterior mean maps
-        stays below ``tol`` for 10 consecutive iterations (the rule of every
+        stays below ``tol`` for 50 consecutive iterations (the rule of every
         estimator, see :class:`NMFEstimator`); ``losses_`` holds ``-ELBO``.
     max_iter : int, default=10000
     init, random_state, verbose, debug, G, log_shift, \
-eval_print, true_D, true_H, fixed_W, hspy_comp, no_stop_criterion, simplex_W, \
+eval_print, true_D, true_H, fixed_W, hspy_comp, no_stop_criterion, accelerate, simplex_W, \
 sparse, dtype
         See :class:`NMFEstimator`. ``random_state`` also seeds the draws of
         ``bound="mc"``; ``log_shift`` floors the spectra; the posterior
@@ -212,7 +212,7 @@ sparse, dtype
         prior_mean=None,
         prior_var=None,
         init=None,
-        tol=3e-6,
+        tol=3e-7,
         max_iter=10000,
         random_state=None,
         verbose=1,
@@ -229,6 +229,7 @@ sparse, dtype
         fixed_W=None,
         hspy_comp=False,
         no_stop_criterion=False,
+        accelerate=True,
         simplex_H=False,
         simplex_W=True,
         sparse="auto",
@@ -254,6 +255,7 @@ sparse, dtype
             fixed_W=fixed_W,
             hspy_comp=hspy_comp,
             no_stop_criterion=no_stop_criterion,
+            accelerate=accelerate,
             simplex_H=simplex_H,
             simplex_W=simplex_W,
             sparse=sparse,

@@ -53,7 +53,7 @@ class SmoothNMF(NMFEstimator):
     ----------
     n_components, init, tol, max_iter, random_state, verbose, debug, l2, G, \
 shape_2d, normalize, log_shift, eval_print, true_D, true_H, fixed_H, fixed_W, \
-hspy_comp, no_stop_criterion, simplex_H, simplex_W, sparse, dtype
+hspy_comp, no_stop_criterion, accelerate, simplex_H, simplex_W, sparse, dtype
         See :class:`NMFEstimator`.
     lambda_L : float, default=0.0
         Strength of the Laplacian smoothing of the maps on the grid ``shape_2d``
@@ -105,7 +105,7 @@ hspy_comp, no_stop_criterion, simplex_H, simplex_W, sparse, dtype
         n_components=2,
         *,
         init=None,
-        tol=3e-6,
+        tol=3e-7,
         max_iter=10000,
         random_state=None,
         verbose=1,
@@ -122,6 +122,7 @@ hspy_comp, no_stop_criterion, simplex_H, simplex_W, sparse, dtype
         fixed_W=None,
         hspy_comp=False,
         no_stop_criterion=False,
+        accelerate=True,
         simplex_H=False,
         simplex_W=True,
         lambda_L=0.0,
@@ -155,6 +156,7 @@ hspy_comp, no_stop_criterion, simplex_H, simplex_W, sparse, dtype
             fixed_W=fixed_W,
             hspy_comp=hspy_comp,
             no_stop_criterion=no_stop_criterion,
+            accelerate=accelerate,
             simplex_H=simplex_H,
             simplex_W=simplex_W,
             sparse=sparse,

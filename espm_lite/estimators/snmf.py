@@ -56,7 +56,7 @@ class SNMF(FrobeniusNMF):
         cluster indicators plus 0.2, the spectra at the centroids (Ding et
         al.). ``W`` / ``H`` passed to :meth:`fit_transform` take precedence.
     tol, max_iter, random_state, verbose, debug, eval_print, true_D, true_H, \
-hspy_comp, no_stop_criterion, dtype
+hspy_comp, no_stop_criterion, accelerate, dtype
         See :class:`NMFEstimator`.
     G : array-like (n, m), callable or None
         Known matrix; ``W`` is signed, so ``G W`` may be any combination of
@@ -110,7 +110,7 @@ n_features_in_, data_path_, G_
         *,
         sparsity=0.0,
         init=None,
-        tol=3e-6,
+        tol=3e-7,
         max_iter=10000,
         random_state=None,
         verbose=1,
@@ -124,6 +124,7 @@ n_features_in_, data_path_, G_
         true_H=None,
         hspy_comp=False,
         no_stop_criterion=False,
+        accelerate=True,
         dtype=None,
     ):
         self.n_components = n_components
@@ -143,6 +144,7 @@ n_features_in_, data_path_, G_
         self.true_H = true_H
         self.hspy_comp = hspy_comp
         self.no_stop_criterion = no_stop_criterion
+        self.accelerate = accelerate
         self.dtype = dtype
 
     def _check_settings(self, n_channels: int, n_pixels: int) -> None:

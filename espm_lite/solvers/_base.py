@@ -151,6 +151,16 @@ class Solver:
         """Final step after the loop; returns the new objective terms (None: unchanged)."""
         return None
 
+    def extrapolated(self, problem: Problem) -> dict[str, str]:
+        """Arrays of the state the loop extrapolates: ``{name: "ratio" | "difference"}``.
+
+        See :mod:`espm_lite._extrapolation`; empty (the default): no extrapolation.
+        """
+        return {}
+
+    def project(self, problem: Problem, state: FitState) -> None:
+        """Put an extrapolated state back on the constraints of the model (in place)."""
+
     def spectra(self, problem: Problem, state: FitState) -> np.ndarray:
         """``D = G W`` (n, k), floored at ``problem.floor`` unless signed."""
         D = problem.spectra(state.W)
@@ -271,6 +281,18 @@ def update_W(
     if problem.fixed.W_mask is not None:
         new = np.where(problem.fixed.W_mask, problem.fixed.W_values, new)
     W[...] = new
+
+
+def project_W(problem: Problem, W: np.ndarray) -> None:
+    """``W`` back on its constraints in place: floor, fixed entries, free column sums of one."""
+    np.maximum(W, problem.floor, out=W)
+    problem.fixed.apply_W(W)
+    if problem.simplex_W:
+        free = problem.simplex_free_W()
+        if free is None:
+            W /= W.sum(axis=0)
+        else:
+            W[...] = np.where(free, W / np.where(free, W, 0).sum(axis=0), W)
 
 
 def data_term(problem: Problem, A: np.ndarray, D: np.ndarray) -> float:

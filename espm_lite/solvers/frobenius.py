@@ -162,6 +162,13 @@ class SemiNMF(Frobenius):
         self._normalise_spectra(problem, state)
         return terms
 
+    def extrapolated(self, problem: Problem) -> dict[str, str]:
+        return {"W": "difference", "A": "ratio"}
+
+    def project(self, problem: Problem, state: FitState) -> None:
+        np.maximum(state.A, problem.floor, out=state.A)
+        self._normalise_spectra(problem, state)
+
     def _prox_spectra(self, state: FitState, XtA: np.ndarray, gram_A: np.ndarray) -> None:
         """Proximal-gradient steps on ``D``: ``1/2||X - A D^T||^2 + lambda sum_r a_r ||d_r||``."""
         D = state.W  # G is None here
@@ -260,6 +267,15 @@ class ConvexSolver(Frobenius):
                 B.T, grad_B.T, step, floor=floor, simplex=bool(self.strict_convex)
             ).T
         return terms
+
+    def extrapolated(self, problem: Problem) -> dict[str, str]:
+        return {"B": "ratio", "A": "ratio"}
+
+    def project(self, problem: Problem, state: ConvexState) -> None:
+        np.maximum(state.A, problem.floor, out=state.A)
+        np.maximum(state.B, problem.floor, out=state.B)
+        if self.strict_convex:
+            state.B /= state.B.sum(axis=0)
 
     def loss_terms(self, problem: Problem, state: FitState) -> dict[str, float]:
         """Objective of given spectra ``W`` (n, k) and maps ``A``."""

@@ -31,6 +31,7 @@ from ._base import (
     channels_as_rows,
     keep_if_better,
     nonnegative_start,
+    project_W,
     unit_columns,
     update_W,
 )
@@ -167,6 +168,16 @@ class VariationalPoisson(Solver):
         mean_maps = np.exp(state.mu + 0.5 * state.var).sum(axis=0)
         kl = kl_normal(state.mu, state.var, state.prior_mean, state.prior_var)
         return self._terms(problem, state, log_rate, mean_maps, kl)
+
+    # --------------------------------------------------------- extrapolation
+    def extrapolated(self, problem: Problem) -> dict[str, str]:
+        return {"W": "ratio", "mu": "difference", "var": "ratio"}
+
+    def project(self, problem: Problem, state: PNMFState) -> None:
+        """Floors on ``W``, the simplex of its columns, ``A = exp(mu)`` and the prior."""
+        project_W(problem, state.W)
+        state.A[...] = np.exp(state.mu).astype(state.A.dtype)
+        self._update_prior(state)
 
     # --------------------------------------------------------------- update
     def step(self, problem: Problem, state: PNMFState) -> dict[str, float]:

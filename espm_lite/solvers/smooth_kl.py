@@ -45,6 +45,7 @@ from ._base import (
     data_term,
     keep_if_better,
     nonnegative_start,
+    project_W,
     unit_columns,
     update_W,
 )
@@ -183,6 +184,20 @@ class SmoothKL(Solver):
                 updates["W"], c = unit_columns(W)
                 updates["A"] = state.A * c
         return keep_if_better(self, problem, state, self.objective(problem, state), updates)
+
+    # --------------------------------------------------------- extrapolation
+    def extrapolated(self, problem: Problem) -> dict[str, str]:
+        arrays = {"W": "ratio", "A": "ratio"}
+        if problem.simplex_H and problem.fixed.A_mask is not None:
+            del arrays["A"]  # a row sum shared with fixed entries: left to the updates
+        return arrays
+
+    def project(self, problem: Problem, state: SmoothState) -> None:
+        project_W(problem, state.W)
+        np.maximum(state.A, problem.floor, out=state.A)
+        problem.fixed.apply_A(state.A)
+        if problem.simplex_H:
+            state.A /= state.A.sum(axis=1, keepdims=True)
 
     # --------------------------------------------------------------- update
     def step(self, problem: Problem, state: SmoothState) -> dict[str, float]:
