@@ -218,8 +218,7 @@ def run(
         ``tol`` at :data:`STOP_WINDOW` consecutive iterations (``no_stop``:
         exactly ``max_iter`` iterations).
     extrapolate : bool
-        Extrapolate between steps where the solver supports it
-        (:mod:`espm_lite._extrapolation`).
+        Extrapolate between steps (:mod:`espm_lite._extrapolation`).
     monitor : callable, optional
         ``monitor(problem, solver, state) -> dict`` of extra history values
         (e.g. angles to the true spectra), evaluated at every iterate.  The

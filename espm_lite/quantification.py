@@ -289,17 +289,9 @@ def concentration_table(
     _check_estimator(estimator, values, W, H)
     options = {"n_bootstrap": n_bootstrap, "random_state": random_state, "progress": progress}
     bias, spread = bootstrap_uncertainty(estimator, W, H, values, rows, masses, **options)
+    U = half_width(bias, spread, sd)
     return ConcentrationTable(
-        elements,
-        names,
-        fractions,
-        half_width(bias, spread, sd),
-        counts,
-        kind,
-        "bootstrap",
-        sd,
-        bias,
-        n_bootstrap,
+        elements, names, fractions, U, counts, kind, "bootstrap", sd, bias, n_bootstrap
     )
 
 
