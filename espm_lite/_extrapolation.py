@@ -89,6 +89,19 @@ class Extrapolation:
             solver.project(problem, state)
         self.previous = current
 
+    def undo(self, solver, problem, state) -> None:
+        """Put the last step's output ``Z_t`` back if the state is its extrapolation.
+
+        The fit then ends on an update (the fixed point that ``transform``
+        and a further fit would reach), whose objective is not above that of
+        the iterate before it: the updates are monotone.
+        """
+        if self.applied and self.previous is not None:
+            for name, value in self.previous.items():
+                getattr(state, name)[...] = value
+            solver.project(problem, state)
+            self.applied = False
+
 
 def extrapolate(z: np.ndarray, z_old: np.ndarray, beta: float, kind: str) -> None:
     """``z <- z (z / z_old)^beta`` (``"ratio"``) or ``z + beta (z - z_old)`` in place.

@@ -207,9 +207,7 @@ def run(
     Parameters
     ----------
     solver
-        Has ``step(problem, state) -> terms``, ``objective(problem, state) ->
-        terms``, ``on_increase(state) -> bool``, ``names`` (history field of
-        the data term, then the penalty names).
+        A :class:`espm_lite.solvers.Solver` (``step``, ``objective``, ``on_increase``, ``names``).
     problem : Problem
     state
         Has ``snapshot()``, ``restore(snapshot)`` and ``finite()``.
@@ -265,6 +263,8 @@ def run(
         )
     finally:
         bar.close()
+    if extrapolation is not None and not stopped:
+        extrapolation.undo(solver, problem, state)  # end on an update, not a guess
     _finish(solver, problem, state, settings, history, snaps, f_older, terms_older, stopped)
     return history
 

@@ -46,7 +46,10 @@ def test_decomposition_by_name(phantom, name, signal_type):
     loadings = s.get_decomposition_loadings().data.reshape(3, -1)  # (k, p)
     assert factors.shape == (300, 3) and loadings.shape == (3, 1600)
     if name != "SNMF":  # semi-NMF spectra are signed and rotate on non-negative data
-        assert np.all(phantom.angles(factors) < 5.0)
+        # 6 degrees: SmoothNMF's converged answer on this phantom is 5.7 degrees from the
+        # truth in one phase (the optimum of the objective, not the truth; a fit cut at
+        # 1000 plain iterations happened to sit at 4.75).
+        assert np.all(phantom.angles(factors) < 6.0)
     model = s.get_decomposition_model()
     residual = np.linalg.norm(model.data - phantom.to_hspy_layout()) / np.linalg.norm(
         phantom.to_hspy_layout()
