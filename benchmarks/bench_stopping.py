@@ -116,13 +116,11 @@ def fit(estimator, X):
     return np.asarray(spectra, float), np.asarray(estimator.H_, float), estimator.n_iter_
 
 
-def trajectory(estimator, X, n_iter: int, ref_spectra, ref_maps) -> np.ndarray:
-    """``(n_iter + 1, 2)``: worst angle and map error of every iterate to the reference.
+def iterates(estimator, X, n_iter: int, dtype=np.float32) -> list[tuple[np.ndarray, ...]]:
+    """``(spectra (n, k), maps (k, p))`` of every iterate of ``n_iter`` iterations.
 
-    The estimator's own fitting path (as in ``fit_transform``) with a monitor
-    that keeps the iterates' spectra and maps (float32). The internal maps
-    differ from the fitted ``H_`` by one global factor (``normalize``): it is
-    found by matching the last iterate, which is the reference's.
+    The estimator's own fitting path (as in ``fit_transform``, without
+    stopping) with a monitor that keeps the internal spectra and maps.
     """
     est = clone(estimator).set_params(no_stop_criterion=True, max_iter=max(n_iter, 1))
     est._validate_params()
@@ -133,17 +131,26 @@ def trajectory(estimator, X, n_iter: int, ref_spectra, ref_maps) -> np.ndarray:
 
     def monitor(problem, solver, state):
         spectra, maps = solver.monitored(problem, state)
-        kept.append((np.array(spectra, np.float32), np.array(maps, np.float32).T))
+        kept.append((np.array(spectra, dtype), np.array(maps, dtype).T))
         return {}
 
     run(solver, problem, state, tol=0.0, max_iter=est.max_iter, no_stop=True,
         monitor=monitor, verbose=0, name=type(est).__name__)  # fmt: skip
-    last = components(*(a.astype(float) for a in kept[-1]))
+    return kept
+
+
+def trajectory(estimator, X, n_iter: int, ref_spectra, ref_maps) -> np.ndarray:
+    """``(n_iter + 1, 2)``: worst angle and map error of every iterate to the reference.
+
+    The internal maps of :func:`iterates` differ from the fitted ``H_`` by one
+    global factor (``normalize``): it is found by matching the last iterate,
+    which is the reference's.
+    """
+    kept = [tuple(a.astype(float) for a in pair) for pair in iterates(estimator, X, n_iter)]
+    last = components(*kept[-1])
     ref = components(ref_spectra, ref_maps)
     factor = np.linalg.norm(ref) / max(np.linalg.norm(last), np.finfo(float).tiny)
-    return np.array(
-        [compare(d.astype(float), m.astype(float) * factor, ref_spectra, ref_maps) for d, m in kept]
-    )
+    return np.array([compare(d, m * factor, ref_spectra, ref_maps) for d, m in kept])
 
 
 def needed_iterations(traj: np.ndarray) -> int:

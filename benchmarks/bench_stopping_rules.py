@@ -24,11 +24,18 @@ import argparse
 import warnings
 
 import numpy as np
-from bench_stopping import ROWS, compare, components, fit, needed_iterations, phantom
+from bench_stopping import (
+    ROWS,
+    compare,
+    components,
+    fit,
+    iterates,
+    needed_iterations,
+    phantom,
+)
 from sklearn.base import clone
 
-from espm_lite._loop import factor_change, run
-from espm_lite._problem import prepare
+from espm_lite._loop import factor_change
 
 SHAPE = (16, 16)
 N_CHANNELS = 128
@@ -48,24 +55,12 @@ def record(row: str, counts: float, k: int, ref_max_iter: int) -> dict:
     ref_spectra, ref_maps, n_ref = fit(
         clone(estimator).set_params(tol=1e-10, max_iter=ref_max_iter), X
     )
-    est = clone(estimator).set_params(no_stop_criterion=True, max_iter=n_ref)
-    est._validate_params()
-    problem = prepare(est, X, None, None)
-    solver = est._solver(problem)
-    state = solver.start(problem)
-    kept = []
-
-    def monitor(problem, solver, state):
-        spectra, maps = solver.monitored(problem, state)
-        kept.append((np.array(spectra, float), np.array(maps, float)))
-        return {}
-
-    run(solver, problem, state, tol=0.0, max_iter=n_ref, no_stop=True, monitor=monitor,
-        verbose=0, name=row)  # fmt: skip
+    kept = iterates(estimator, X, n_ref, dtype=np.float64)
     ref = components(ref_spectra, ref_maps)
-    factor = np.linalg.norm(ref) / np.linalg.norm(components(kept[-1][0], kept[-1][1].T))
-    accuracy = np.array([compare(d, m.T * factor, ref_spectra, ref_maps) for d, m in kept])
-    delta = np.array([np.nan] + [factor_change(a, b) for a, b in zip(kept, kept[1:], strict=False)])
+    factor = np.linalg.norm(ref) / np.linalg.norm(components(*kept[-1]))
+    accuracy = np.array([compare(d, m * factor, ref_spectra, ref_maps) for d, m in kept])
+    changes = [factor_change(a, b) for a, b in zip(kept, kept[1:], strict=False)]
+    delta = np.array([np.nan] + changes)  # Frobenius norms: the maps' orientation is immaterial
     return {"name": f"{row} {counts:g} k={k}", "delta": delta, "accuracy": accuracy}
 
 
