@@ -26,7 +26,7 @@ An increase after a plain step (``beta = 0``) is the solver's own (see
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -62,7 +62,6 @@ class Extrapolation:
     beta_max: float = 1.0
     previous: dict | None = None
     applied: bool = False
-    rejected: int = field(default=0)
 
     def accepted(self) -> None:
         """The objective decreased: extrapolate further next time."""
@@ -76,7 +75,6 @@ class Extrapolation:
         self.beta = self.beta / SHRINK
         self.previous = None
         self.applied = False
-        self.rejected += 1
 
     def after_step(self, solver, problem, state) -> None:
         """Replace the state ``Z_t`` by ``Y_t`` (see the module docstring)."""
