@@ -301,3 +301,14 @@ def _finish(solver, problem, state, settings, history, snaps, f_older, terms_old
             ConvergenceWarning,
             stacklevel=4,
         )
+
+
+def report_rows(rows: list[dict], solver, problem) -> None:
+    """History rows (per data entry) converted in place to the units of the raw data."""
+    names = solver.names
+    for row in rows:
+        terms = {"data": row[names[0]], **{name: row[name] for name in names[1:]}}
+        terms = solver.report(problem, terms, problem.n_entries)
+        row[names[0]] = terms.pop("data")
+        row.update(terms)
+        row["full_loss"] = row[names[0]] + sum(terms.values())
