@@ -45,6 +45,7 @@ import warnings
 import numpy as np
 
 from ..estimators import NMFEstimator
+from ._n_components import NComponentsMixin, resolve_auto_dimension
 from ._options import (
     ALGORITHMS,
     HYPERSPY_ALGORITHMS,
@@ -88,8 +89,9 @@ class _MaskedData:
     keep_cols: slice | np.ndarray
 
 
-class EspmDecompositionMixin:
-    """Adds espm_lite estimators to ``decomposition`` (see the module docstring)."""
+class EspmDecompositionMixin(NComponentsMixin):
+    """Adds espm_lite estimators to ``decomposition`` (see the module docstring), and
+    ``estimate_n_components`` / ``plot_n_components_scores`` (:class:`NComponentsMixin`)."""
 
     def decomposition(
         self,
@@ -114,9 +116,11 @@ class EspmDecompositionMixin:
             A name of :data:`ALGORITHMS`, in any case, an espm_lite estimator
             (cloned), or any algorithm of the parent class (a name of
             :data:`HYPERSPY_ALGORITHMS`, any case, or an object).
-        output_dimension : int
+        output_dimension : int or "auto"
             Number of components (phases). Required with an algorithm name;
             with an estimator object its ``n_components`` is used when not given.
+            ``"auto"``: chosen by :meth:`estimate_n_components` (held-out
+            Poisson deviance, default settings; tens of fits), and logged.
         navigation_mask : bool array or signal, optional
             Pixels marked True are not used (their loadings are NaN).
         signal_mask : bool array or signal, optional
@@ -154,6 +158,7 @@ class EspmDecompositionMixin:
             )
         kwargs = dict(kwargs)
         hyperspy_options = _check_hyperspy_keywords(kwargs, lazy=bool(getattr(self, "_lazy", 0)))
+        output_dimension = resolve_auto_dimension(self, output_dimension, print_info)
         estimator = resolve_estimator(algorithm, output_dimension, kwargs)
         if normalize_poissonian_noise:
             warnings.warn(

@@ -224,7 +224,10 @@ def zero_missing(X, indicator: sp.csr_matrix):
     missing entries set to zero; the caller's array is never modified."""
     if sp.issparse(X):
         coo = sp.coo_matrix(X)
-        keep = np.asarray(indicator[coo.row, coo.col]).ravel() == 0
+        n = coo.shape[1]
+        missing = indicator.tocoo()
+        stored = coo.row.astype(np.int64) * n + coo.col
+        keep = ~np.isin(stored, missing.row.astype(np.int64) * n + missing.col)
         return sp.csr_matrix((coo.data[keep], (coo.row[keep], coo.col[keep])), shape=coo.shape)
     arr = np.array(X, copy=True)
     if arr.ndim != 2:
