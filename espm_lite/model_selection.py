@@ -30,8 +30,9 @@ how well a fit that did not see some entries of the data predicts them:
 
 The scoring fits are :class:`espm_lite.SmoothNMF` by default (NNDSVDa
 start, ``simplex_W=True``; with ``shape_2d`` given, Laplacian smoothing of the
-maps, ``lambda_L = 3`` with ``normalize=True``, which low-count data need:
-without it the maps of extra phases fit the noise), each capped at
+maps, ``normalize=True`` and ``lambda_L = 3`` up to 30 counts per pixel, ``90 /
+counts`` above (:func:`default_lambda_L`): low-count data need it, without it the
+maps of extra phases fit the noise; high-count data need less), each capped at
 ``max_iter`` iterations with tolerance ``tol`` (the held-out deviance
 settles long before the factors do); pass an estimator to score another
 model (it is cloned, its ``n_components`` set to each candidate, its
@@ -62,10 +63,14 @@ logger = logging.getLogger(__name__)
 SCORING_MAX_ITER = 60
 SCORING_TOL = 1e-4
 #: Laplacian smoothing of the default scoring fits when the scan shape is known
-#: (``normalize=True`` units). Measured on phantoms (``benchmarks/bench_n_components.py``):
-#: without it, at 20 counts/pixel, extra phases fit the noise of the maps so fast
-#: that ``k = 1`` always scores best; 1 to 10 all work at 100 counts and above.
+#: (``normalize=True`` units), up to :data:`SCORING_REFERENCE_COUNTS` counts per pixel,
+#: then falling as ``1 / counts``. Measured on phantoms (``benchmarks/bench_n_components.py``):
+#: without it, at 20 counts/pixel, extra phases fit the noise of the maps so fast that
+#: ``k = 1`` always scores best; at high counts a strength of 1 to 3 blurs the edges of
+#: the maps enough that extra phases improve the held-out deviance (1000 counts/pixel on
+#: 40x40 pixels, 300 on 20x20), while 0 to 0.3 do not.
 SCORING_LAMBDA_L = 3.0
+SCORING_REFERENCE_COUNTS = 30.0
 
 
 @dataclass(frozen=True)
@@ -230,11 +235,31 @@ def _internal_data(X, estimator):
     return Xi
 
 
-def _scoring_estimator(estimator, max_iter, tol, shape_2d=None):
+def default_lambda_L(Xi) -> float:
+    """Smoothing of the default scoring fits for data ``Xi`` (pixels as rows).
+
+    ``SCORING_LAMBDA_L * min(1, SCORING_REFERENCE_COUNTS / c)`` with ``c`` the mean
+    counts per pixel (``normalize=True`` units, in which a fixed strength smooths as much
+    at any dose, while the information in the counts grows with ``c``).
+    """
+    counts = float(Xi.sum(dtype=np.float64)) / max(Xi.shape[0], 1)
+    return SCORING_LAMBDA_L * min(1.0, SCORING_REFERENCE_COUNTS / max(counts, 1e-300))
+
+
+class _DEFAULT_LAYOUT:
+    """Orientation and path choice of the default scoring estimator (SmoothNMF's defaults)."""
+
+    hspy_comp = False
+    sparse = "auto"
+
+
+def _scoring_estimator(estimator, max_iter, tol, shape_2d=None, Xi=None):
     from .estimators.smooth_nmf import SmoothNMF
 
     if estimator is None:
-        smoothing = {} if shape_2d is None else {"lambda_L": SCORING_LAMBDA_L, "normalize": True}
+        smoothing = {}
+        if shape_2d is not None:
+            smoothing = {"lambda_L": default_lambda_L(Xi), "normalize": True}
         estimator = SmoothNMF(shape_2d=shape_2d, **smoothing)
     elif shape_2d is not None:
         estimator = clone(estimator).set_params(shape_2d=shape_2d)
@@ -277,8 +302,7 @@ def select_n_components(
     ----------
     X : array-like or sparse matrix
         Counts, in the orientation of ``estimator`` (``hspy_comp``): with the
-        default estimator ``(n_channels, n_pixels)``; ``(n_pixels,
-        n_channels)`` with an estimator with ``hspy_comp=True``.
+        default estimator ``(n_channels, n_pixels)``, else as the estimator takes it.
     candidates : iterable of int, default=range(1, 9)
         Numbers of phases to score.
     estimator : NMFEstimator or None, default=None
@@ -290,8 +314,8 @@ def select_n_components(
     shape_2d : (int, int) or None, default=None
         The scan shape ``(ny, nx)`` (pixels row-major). With the default
         estimator it switches on the Laplacian smoothing of the maps
-        (``lambda_L=3``, ``normalize=True``; recommended, needed at low counts);
-        with an estimator it replaces the estimator's ``shape_2d``.
+        (:func:`default_lambda_L`, ``normalize=True``; recommended, needed at
+        low counts); with an estimator it replaces the estimator's ``shape_2d``.
     n_folds : int, default=3
         Number of disjoint folds (the mean and its standard error are over
         the folds).
@@ -323,11 +347,20 @@ def select_n_components(
     3
     """
     values, groups = _check_arguments(candidates, n_folds, fraction)
-    template, scorer = _scoring_estimator(estimator, max_iter, tol, shape_2d)
-    Xi = _internal_data(X, template)
+    Xi = _internal_data(X, estimator if estimator is not None else _DEFAULT_LAYOUT)
+    _, scorer = _scoring_estimator(estimator, max_iter, tol, shape_2d, Xi)
     rng = np.random.default_rng(random_state)
     seed = int(rng.integers(np.iinfo(np.int32).max))
     folds = speckle_folds(Xi.shape, n_folds, groups, rng)
+    scores = _score(Xi, folds, values, scorer, seed, progress)
+    chosen, best = one_standard_error(values, scores)
+    logger.info("select_n_components: k=%d chosen (lowest mean deviance at k=%d).", chosen, best)
+    return NComponentsScores(values, scores, chosen, best, float(fraction))
+
+
+def _score(Xi, folds, values, scorer, seed: int, progress: bool) -> np.ndarray:
+    """Held-out deviance (candidates x folds) of ``scorer`` fitted with each fold masked."""
+    n_folds = len(folds)
     scores = np.empty((values.size, n_folds))
     # The passes over the data run on espm_lite's own threads; BLAS threads on
     # the small products only contend with them.
@@ -344,6 +377,4 @@ def select_n_components(
                 scores[c, f] = heldout_deviance(Xi, fold, est)
                 logger.debug("fold %d, k=%d: held-out deviance %.6g", f, k, scores[c, f])
                 bar.update()
-    chosen, best = one_standard_error(values, scores)
-    logger.info("select_n_components: k=%d chosen (lowest mean deviance at k=%d).", chosen, best)
-    return NComponentsScores(values, scores, chosen, best, float(fraction))
+    return scores

@@ -46,10 +46,11 @@ class NComponentsMixin:
         candidates : iterable of int, default=range(1, 9)
         algorithm : None, str or espm_lite estimator
             The model of the scoring fits. None (default): SmoothNMF with
-            Laplacian smoothing on the scan grid (``lambda_L=3``,
-            ``normalize=True``). A name or an estimator: built as in
-            ``decomposition`` (keyword arguments are its parameters; it must
-            accept a mask, as SmoothNMF does).
+            Laplacian smoothing on the scan grid
+            (:func:`espm_lite.model_selection.default_lambda_L`, ``normalize=True``).
+            A name or an estimator: built as in ``decomposition`` (keyword
+            arguments are its parameters; it must accept a mask, as SmoothNMF
+            does).
         signal_mask : bool array or signal, optional
             Channels left out (True), as in ``decomposition``.
         plot : bool, default=False
@@ -66,22 +67,11 @@ class NComponentsMixin:
             Also kept as ``s.n_components_scores``.
         """
         from ..model_selection import select_n_components
-        from ._options import resolve_estimator
 
         fit_options = {key: kwargs.pop(key) for key in ("max_iter", "tol") if key in kwargs}
-        n_channels = self.axes_manager.signal_size
-        sig_mask = _flat_mask(signal_mask, (n_channels,), "signal_mask")
-        estimator = None
-        if algorithm is not None or kwargs:
-            estimator = resolve_estimator(algorithm or "SmoothNMF", 1, {"verbose": 0, **kwargs})
-            self._espm_known_matrix(estimator, sig_mask)
-            estimator.set_params(hspy_comp=True)
-        masked = self._espm_masked_data(None, sig_mask, None)
-        if estimator is None:
-            estimator = _default_hspy_estimator(smooth=len(masked.nav_shape) <= 2)
-        shape_2d = self._espm_grid(estimator, masked.nav_shape, None)
+        estimator, masked, shape_2d = self._n_components_setup(algorithm, signal_mask, kwargs)
         result = select_n_components(
-            masked.X,
+            masked.X if estimator is not None else masked.X.T,  # a view: (channels, pixels)
             candidates,
             estimator,
             shape_2d=shape_2d,
@@ -100,6 +90,25 @@ class NComponentsMixin:
         if plot:
             self.plot_n_components_scores()
         return result
+
+    def _n_components_setup(self, algorithm, signal_mask, kwargs):
+        """``(scoring estimator, masked data, shape_2d)`` of :meth:`estimate_n_components`."""
+        from ..estimators.smooth_nmf import SmoothNMF
+        from ._options import resolve_estimator
+
+        n_channels = self.axes_manager.signal_size
+        sig_mask = _flat_mask(signal_mask, (n_channels,), "signal_mask")
+        estimator = None
+        if algorithm is not None or kwargs:
+            estimator = resolve_estimator(algorithm or "SmoothNMF", 1, {"verbose": 0, **kwargs})
+            self._espm_known_matrix(estimator, sig_mask)
+            estimator.set_params(hspy_comp=True)
+        masked = self._espm_masked_data(None, sig_mask, None)
+        if estimator is None:  # the default of select_n_components, pixels as rows
+            estimator = SmoothNMF(hspy_comp=True, verbose=0)
+            shape_2d = self._espm_grid(estimator, masked.nav_shape, None)
+            return None, masked, shape_2d
+        return estimator, masked, self._espm_grid(estimator, masked.nav_shape, None)
 
     @property
     def n_components_scores(self):
@@ -120,21 +129,18 @@ class NComponentsMixin:
         return ax
 
 
-def _default_hspy_estimator(smooth: bool):
-    """The default scoring estimator of the signals: SmoothNMF in HyperSpy's orientation,
-    with the Laplacian smoothing of :func:`~espm_lite.model_selection.select_n_components`
-    when the scan is a grid (1-D or 2-D navigation)."""
-    from ..estimators.smooth_nmf import SmoothNMF
-    from ..model_selection import SCORING_LAMBDA_L
+def estimator_for(signal, algorithm, output_dimension, kwargs: dict, print_info: bool):
+    """:func:`~espm_lite.hyperspy._options.resolve_estimator` of ``decomposition``, where
+    ``output_dimension="auto"`` is the number chosen by ``estimate_n_components`` (logged)."""
+    from ._options import resolve_estimator
 
-    lambda_L = SCORING_LAMBDA_L if smooth else 0.0
-    return SmoothNMF(hspy_comp=True, lambda_L=lambda_L, normalize=True, verbose=0)
+    if isinstance(output_dimension, str) and output_dimension == "auto":
+        output_dimension = _auto_dimension(signal, print_info)
+    return resolve_estimator(algorithm, output_dimension, kwargs)
 
 
-def resolve_auto_dimension(signal, output_dimension, print_info: bool):
-    """``output_dimension="auto"``: the number chosen by ``estimate_n_components`` (logged)."""
-    if not (isinstance(output_dimension, str) and output_dimension == "auto"):
-        return output_dimension
+def _auto_dimension(signal, print_info: bool) -> int:
+    """The number of phases chosen by ``signal.estimate_n_components()`` (logged)."""
     result = signal.estimate_n_components()
     _logger.log(
         logging.INFO if print_info else logging.DEBUG,
@@ -145,4 +151,4 @@ def resolve_auto_dimension(signal, output_dimension, print_info: bool):
     return int(result.n_components)
 
 
-__all__ = ["NComponentsMixin", "resolve_auto_dimension"]
+__all__ = ["NComponentsMixin", "estimator_for"]

@@ -45,7 +45,7 @@ import warnings
 import numpy as np
 
 from ..estimators import NMFEstimator
-from ._n_components import NComponentsMixin, resolve_auto_dimension
+from ._n_components import NComponentsMixin, estimator_for
 from ._options import (
     ALGORITHMS,
     HYPERSPY_ALGORITHMS,
@@ -117,10 +117,8 @@ class EspmDecompositionMixin(NComponentsMixin):
             (cloned), or any algorithm of the parent class (a name of
             :data:`HYPERSPY_ALGORITHMS`, any case, or an object).
         output_dimension : int or "auto"
-            Number of components (phases). Required with an algorithm name;
-            with an estimator object its ``n_components`` is used when not given.
-            ``"auto"``: chosen by :meth:`estimate_n_components` (held-out
-            Poisson deviance, default settings; tens of fits), and logged.
+            Number of phases: required with an algorithm name (``"auto"``: see
+            :meth:`estimate_n_components`), else the estimator's ``n_components``.
         navigation_mask : bool array or signal, optional
             Pixels marked True are not used (their loadings are NaN).
         signal_mask : bool array or signal, optional
@@ -158,8 +156,7 @@ class EspmDecompositionMixin(NComponentsMixin):
             )
         kwargs = dict(kwargs)
         hyperspy_options = _check_hyperspy_keywords(kwargs, lazy=bool(getattr(self, "_lazy", 0)))
-        output_dimension = resolve_auto_dimension(self, output_dimension, print_info)
-        estimator = resolve_estimator(algorithm, output_dimension, kwargs)
+        estimator = estimator_for(self, algorithm, output_dimension, kwargs, print_info)
         if normalize_poissonian_noise:
             warnings.warn(
                 "normalize_poissonian_noise=True is ignored with espm_lite estimators: "
