@@ -201,14 +201,15 @@ def _values_at(X, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     return np.asarray(X[rows, cols], dtype=np.float64)
 
 
-def heldout_deviance(X, fold: sp.csr_matrix, estimator) -> float:
+def heldout_deviance(X, fold: sp.csr_matrix, estimator, x: np.ndarray | None = None) -> float:
     """Mean Poisson deviance per entry of the fitted ``estimator`` at the entries of ``fold``.
 
     ``X`` and ``fold`` are ``(p, n)``; ``estimator`` was fitted with
-    ``hspy_comp=True`` (maps ``H_`` ``(k, p)``, spectra ``components_`` ``(k, n)``).
+    ``hspy_comp=True`` (maps ``H_`` ``(k, p)``, spectra ``components_`` ``(k, n)``);
+    ``x``, the data at the entries of ``fold`` in ``fold.tocoo()`` order, when known.
     """
     coo = fold.tocoo()
-    x = _values_at(X, coo.row, coo.col)
+    x = _values_at(X, coo.row, coo.col) if x is None else x
     maps = np.asarray(estimator.H_, dtype=np.float64)
     spectra = np.asarray(estimator.components_, dtype=np.float64)
     y = np.einsum("ke,ke->e", maps[:, coo.row], spectra[:, coo.col])
@@ -369,12 +370,14 @@ def _score(Xi, folds, values, scorer, seed: int, progress: bool) -> np.ndarray:
         threadpool_limits(limits=1, user_api="blas"),
     ):
         for f, fold in enumerate(folds):
+            coo = fold.tocoo()
+            heldout = _values_at(Xi, coo.row, coo.col)
             for c, k in enumerate(values):
                 est = clone(scorer).set_params(n_components=int(k), random_state=seed)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", ConvergenceWarning)
                     est.fit(Xi, mask=fold)
-                scores[c, f] = heldout_deviance(Xi, fold, est)
+                scores[c, f] = heldout_deviance(Xi, fold, est, heldout)
                 logger.debug("fold %d, k=%d: held-out deviance %.6g", f, k, scores[c, f])
                 bar.update()
     return scores

@@ -226,8 +226,10 @@ def zero_missing(X, indicator: sp.csr_matrix):
         coo = sp.coo_matrix(X)
         n = coo.shape[1]
         missing = indicator.tocoo()
+        lost = np.sort(missing.row.astype(np.int64) * n + missing.col)
         stored = coo.row.astype(np.int64) * n + coo.col
-        keep = ~np.isin(stored, missing.row.astype(np.int64) * n + missing.col)
+        at = np.minimum(np.searchsorted(lost, stored), max(lost.size - 1, 0))
+        keep = lost[at] != stored if lost.size else np.ones(stored.size, dtype=bool)
         return sp.csr_matrix((coo.data[keep], (coo.row[keep], coo.col[keep])), shape=coo.shape)
     arr = np.array(X, copy=True)
     if arr.ndim != 2:
