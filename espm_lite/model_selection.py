@@ -247,7 +247,7 @@ def default_lambda_L(Xi) -> float:
     return SCORING_LAMBDA_L * min(1.0, SCORING_REFERENCE_COUNTS / max(counts, 1e-300))
 
 
-class _DEFAULT_LAYOUT:
+class _DefaultLayout:
     """Orientation and path choice of the default scoring estimator (SmoothNMF's defaults)."""
 
     hspy_comp = False
@@ -348,7 +348,7 @@ def select_n_components(
     3
     """
     values, groups = _check_arguments(candidates, n_folds, fraction)
-    Xi = _internal_data(X, estimator if estimator is not None else _DEFAULT_LAYOUT)
+    Xi = _internal_data(X, estimator if estimator is not None else _DefaultLayout)
     _, scorer = _scoring_estimator(estimator, max_iter, tol, shape_2d, Xi)
     rng = np.random.default_rng(random_state)
     seed = int(rng.integers(np.iinfo(np.int32).max))
