@@ -106,14 +106,22 @@ def main(argv=None) -> None:
                 )
     table = np.array(rows)
     print("\nTrue k chosen (fraction of cases):")
-    print(f"{'counts':>6} {'cases':>5} {'held-out':>8} {'PCA elbow':>9} {'PCA-P elbow':>11}")
+    print(
+        f"{'counts':>6} {'cases':>5} {'held-out':>8} {'PCA elbow':>9} {'PCA-P elbow':>11} "
+        f"{'(index)':>7} {'(P index)':>9}"
+    )
     for counts in args.counts:
         sel = table[table[:, 1] == counts]
         truth = sel[:, 0]
         print(
             f"{counts:>6g} {len(sel):>5} {np.mean(sel[:, 3] == truth):>8.0%} "
-            f"{np.mean(sel[:, 4] == truth):>9.0%} {np.mean(sel[:, 5] == truth):>11.0%}"
+            f"{np.mean(sel[:, 4] == truth):>9.0%} {np.mean(sel[:, 5] == truth):>11.0%} "
+            f"{np.mean(sel[:, 4] - 1 == truth):>7.0%} {np.mean(sel[:, 5] - 1 == truth):>9.0%}"
         )
+    print(
+        "PCA elbow = estimate_elbow_position() + 1, HyperSpy's own count of significant "
+        "components; (index): the elbow index itself read as the count."
+    )
 
 
 if __name__ == "__main__":
