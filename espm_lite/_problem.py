@@ -29,6 +29,7 @@ from sklearn.utils.validation import check_non_negative, validate_data
 
 from . import kernels
 from ._fixed import FixedEntries, fixed_entries
+from .kernels.missing import MissingEntries, as_missing_indicator, zero_missing
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,9 @@ class Problem:
     shape_2d : (int, int) or None
     data_path : {"dense", "sparse"}
     n_components : int
+    missing : MissingEntries or None
+        Entries of the data left out of the fit (``mask``), in the internal
+        layout; ``X`` is zero there (see :mod:`espm_lite.kernels.missing`).
     """
 
     X: Any
@@ -100,6 +104,7 @@ class Problem:
     shape_2d: tuple[int, int] | None
     data_path: str
     n_components: int
+    missing: MissingEntries | None = None
 
     @property
     def n_pixels(self) -> int:
@@ -111,6 +116,9 @@ class Problem:
 
     @property
     def n_entries(self) -> int:
+        """Data entries in the data term (the observed ones with a mask)."""
+        if self.missing is not None:
+            return self.missing.n_observed
         return self.X.shape[0] * self.X.shape[1]
 
     @property
@@ -203,7 +211,7 @@ def divide(Xi, scale: float):
     return Xi * (1.0 / scale) if sp.issparse(Xi) else Xi / Xi.dtype.type(scale)
 
 
-def prepare(estimator, X, W0=None, H0=None) -> Problem:
+def prepare(estimator, X, W0=None, H0=None, mask=None) -> Problem:
     """Validate ``X`` and the settings of ``estimator`` and describe the fit.
 
     Parameters
@@ -216,12 +224,16 @@ def prepare(estimator, X, W0=None, H0=None) -> Problem:
     W0 : array-like (m, k), optional
     H0 : array-like (k, p), optional
         Start values (in the data units).
+    mask : array-like of bool or sparse matrix, optional
+        Missing entries of ``X`` (True / stored = left out of the fit), in the
+        orientation of ``X``; see :func:`masked_input`.
 
     Returns
     -------
     Problem
     """
     reject_bool_integers(estimator)
+    X, indicator = masked_input(estimator, X, mask)
     X = validate_input(estimator, X, reset=True, where="input X")
     counts = internal_layout(X, estimator.hspy_comp)
     p, n = counts.shape
@@ -273,7 +285,36 @@ def prepare(estimator, X, W0=None, H0=None) -> Problem:
         shape_2d=shape_2d,
         data_path=path,
         n_components=k,
+        missing=None
+        if indicator is None
+        else MissingEntries(internal_layout(indicator, estimator.hspy_comp), dtype),
     )
+
+
+def masked_input(estimator, X, mask):
+    """``(X, indicator)``: with a ``mask``, a copy of ``X`` zero at the missing entries.
+
+    The mask is validated (:func:`espm_lite.kernels.missing.as_missing_indicator`:
+    boolean array of the shape of ``X`` or sparse matrix, not every entry
+    missing) and refused by estimators that do not fit masks. Missing entries
+    may hold any value (NaN included): they are set to zero in a copy, the
+    caller's array is never modified. An empty mask gives ``(X, None)``.
+    """
+    if mask is None:
+        return X, None
+    name = type(estimator).__name__
+    if not estimator._supports_mask:
+        raise ValueError(
+            f"{name} does not fit masked data (mask=...); use SmoothNMF, which does, or "
+            "remove the mask."
+        )
+    shape = X.shape if sp.issparse(X) else np.shape(X)
+    if len(shape) != 2:
+        raise ValueError(f"{name}: X must be 2-D to be masked, got shape {shape}.")
+    indicator = as_missing_indicator(mask, shape, "mask")
+    if indicator.nnz == 0:
+        return X, None
+    return zero_missing(X, indicator), indicator
 
 
 def check_shape_2d(shape_2d, n_pixels: int, hspy_comp: bool) -> tuple[int, int] | None:
@@ -340,12 +381,18 @@ def start_value(value, name: str, shape: tuple[int, int], dtype, *, signed: bool
     return arr
 
 
-def evaluation_problem(estimator, Xi) -> Problem:
-    """The problem of evaluating the objective of a fitted ``estimator`` on data ``Xi``.
+def evaluation_problem(estimator, X, mask=None) -> Problem:
+    """The problem of evaluating the objective of a fitted ``estimator`` on data ``X``.
 
-    ``Xi`` is in the internal layout and taken as given (no rescaling);
-    ``G``, its simplex rows and ``shape_2d`` are the fitted ones.
+    ``X`` (the caller's orientation) is validated and taken as given (no
+    rescaling); ``G``, its simplex rows and ``shape_2d`` are the fitted ones;
+    ``mask`` (optional, as in ``fit``) marks missing entries.
     """
+    X, indicator = masked_input(estimator, X, mask)
+    X = validate_input(estimator, X, reset=False, where="loss (input X)")
+    Xi = internal_layout(X, estimator.hspy_comp)
+    if indicator is not None:
+        indicator = internal_layout(indicator, estimator.hspy_comp)
     G = estimator.G_
     loss = "l2" if estimator.l2 else "kl"
     return Problem(
@@ -368,6 +415,7 @@ def evaluation_problem(estimator, Xi) -> Problem:
         shape_2d=check_shape_2d(estimator.shape_2d, Xi.shape[0], estimator.hspy_comp),
         data_path="sparse" if sp.issparse(Xi) else "dense",
         n_components=estimator.n_components_,
+        missing=None if indicator is None else MissingEntries(indicator, Xi.dtype),
     )
 
 

@@ -22,14 +22,7 @@ from .._fixed import exact_fixed
 from .._initialization import INIT_METHODS
 from .._loop import History, run
 from .._monitor import truth_monitor
-from .._problem import (
-    Problem,
-    divide,
-    evaluation_problem,
-    internal_layout,
-    prepare,
-    validate_input,
-)
+from .._problem import Problem, divide, evaluation_problem, prepare, validate_input
 from ..kernels.rows import ROW_CHANGE_TOL, ROW_MAX_PASSES, coefficient_rows
 from ..solvers import FitState, Solver
 from ..solvers._base import RowSolve
@@ -256,6 +249,8 @@ class NMFEstimator(
     _uses_data_pass: bool = True
     #: Whether a start ``W`` may be negative (semi-NMF).
     _signed_W: bool = False
+    #: Whether ``fit(X, mask=...)`` is supported (missing entries).
+    _supports_mask: bool = False
 
     @abstractmethod
     def _solver(self, problem: Problem) -> Solver:
@@ -292,7 +287,7 @@ class NMFEstimator(
         self.fit_transform(X, y, **params)
         return self
 
-    def fit_transform(self, X, y=None, W=None, H=None):
+    def fit_transform(self, X, y=None, W=None, H=None, mask=None):
         """Fit the model and return the sample-side factor.
 
         Parameters
@@ -305,6 +300,11 @@ class NMFEstimator(
             Initial ``W`` (replaces the initialisation).
         H : array-like (k, p), optional
             Initial ``H``.
+        mask : array-like of bool of the shape of X, or sparse matrix, optional
+            Missing entries (True / stored entries; any value, NaN included):
+            left out of the data term, ``sum_{observed} X log(X/Y) - X + Y``
+            (dead channels, saturated pixels, held-out entries). SmoothNMF
+            only (:mod:`espm_lite.kernels.missing`); others raise ``ValueError``.
 
         Returns
         -------
@@ -312,7 +312,7 @@ class NMFEstimator(
             ``G W`` ``(n, k)`` when ``hspy_comp=False``; ``H^T`` ``(p, k)`` when ``True``.
         """
         self._validate_params()
-        problem = prepare(self, X, W, H)
+        problem = prepare(self, X, W, H, mask)
         self.data_path_ = problem.data_path
         solver = self._solver(problem)
         state = solver.start(problem)
@@ -379,15 +379,13 @@ class NMFEstimator(
         ``hspy_comp=False`` (channels as rows) it returns the spectra of new
         channels with the maps fixed, without constraints.
 
-        Each row is solved on its own, so a pixel's result does not depend on
-        the other pixels passed with it (:func:`espm_lite.kernels.rows.coefficient_rows`):
+        Each row is solved on its own (:func:`espm_lite.kernels.rows.coefficient_rows`):
         exactly by projected Newton steps for the KL problem without simplex
-        (convex without sparsity; the result does not depend on the start),
-        otherwise by multiplicative updates from a least-squares start until
-        the relative change of each row falls below ``ROW_CHANGE_TOL`` (1e-8,
-        :data:`espm_lite.kernels.rows.ROW_MAX_PASSES` passes at most). A fit ends with the same
-        solve of its sample-side factor where the problem is the same (see
-        the solver's ``polish``), so ``fit(X).transform(X)`` reproduces
+        (the result does not depend on the start), otherwise by multiplicative
+        updates from a least-squares start until the relative change of each
+        row falls below ``ROW_CHANGE_TOL`` (1e-8, ``ROW_MAX_PASSES`` passes at
+        most). A fit ends with the same solve where the problem is the same
+        (the solver's ``polish``), so ``fit(X).transform(X)`` reproduces
         ``fit_transform(X)`` there.
 
         Parameters
@@ -430,7 +428,7 @@ class NMFEstimator(
             )
         return X @ self.components_
 
-    def loss(self, W, H, average=True, X=None) -> float:
+    def loss(self, W, H, average=True, X=None, mask=None) -> float:
         """Objective ``F(W, H)`` (data term plus the estimator's penalties).
 
         Parameters
@@ -443,6 +441,9 @@ class NMFEstimator(
             Data in the estimator's orientation. Required: the estimator does
             not keep a reference to the training data.  Evaluated as given
             (with ``normalize=True``, ``losses_`` are those of the rescaled data).
+        mask : array-like of bool or sparse matrix, optional
+            Missing entries of ``X``, left out of the data term (and of the
+            average), as in :meth:`fit_transform`.
         """
         check_is_fitted(self)
         if X is None:
@@ -450,8 +451,7 @@ class NMFEstimator(
                 "X is required: the estimator keeps no copy of the training data; "
                 "pass the data in the orientation given to fit."
             )
-        X = validate_input(self, X, reset=False, where="loss (input X)")
-        problem = evaluation_problem(self, internal_layout(X, self.hspy_comp))
+        problem = evaluation_problem(self, X, mask)
         W = np.asarray(W, dtype=problem.dtype)
         H = np.asarray(H, dtype=problem.dtype)
         for name, value, shape in (("W", W, self.W_.shape), ("H", H, self.H_.shape)):

@@ -88,6 +88,8 @@ hspy_comp, no_stop_criterion, accelerate, simplex_H, simplex_W, sparse, dtype
     ((200, 3), (3, 400))
     """
 
+    _supports_mask = True
+
     _parameter_constraints: dict = {
         **NMFEstimator._parameter_constraints,
         "lambda_L": [Interval(numbers.Real, 0, None, closed="left")],

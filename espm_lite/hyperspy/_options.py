@@ -91,7 +91,9 @@ def resolve_estimator(algorithm, output_dimension, kwargs: dict) -> NMFEstimator
         if output_dimension is None:
             raise ValueError(
                 f"decomposition(algorithm={algorithm!r}) needs output_dimension=, the number "
-                "of phases (components) to fit, e.g. output_dimension=3."
+                "of phases (components) to fit, e.g. output_dimension=3, or "
+                "output_dimension='auto' to choose it by held-out likelihood "
+                "(s.estimate_n_components() shows the scores first)."
             )
         try:
             return ALGORITHMS[algorithm](**{"normalize": True, **overrides})

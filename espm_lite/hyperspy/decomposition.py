@@ -45,6 +45,7 @@ import warnings
 import numpy as np
 
 from ..estimators import NMFEstimator
+from ._n_components import NComponentsMixin, estimator_for
 from ._options import (
     ALGORITHMS,
     HYPERSPY_ALGORITHMS,
@@ -88,8 +89,9 @@ class _MaskedData:
     keep_cols: slice | np.ndarray
 
 
-class EspmDecompositionMixin:
-    """Adds espm_lite estimators to ``decomposition`` (see the module docstring)."""
+class EspmDecompositionMixin(NComponentsMixin):
+    """Adds espm_lite estimators to ``decomposition`` (see the module docstring), and
+    ``estimate_n_components`` / ``plot_n_components_scores`` (:class:`NComponentsMixin`)."""
 
     def decomposition(
         self,
@@ -114,9 +116,9 @@ class EspmDecompositionMixin:
             A name of :data:`ALGORITHMS`, in any case, an espm_lite estimator
             (cloned), or any algorithm of the parent class (a name of
             :data:`HYPERSPY_ALGORITHMS`, any case, or an object).
-        output_dimension : int
-            Number of components (phases). Required with an algorithm name;
-            with an estimator object its ``n_components`` is used when not given.
+        output_dimension : int or "auto"
+            Number of phases: required with an algorithm name (``"auto"``: see
+            :meth:`estimate_n_components`), else the estimator's ``n_components``.
         navigation_mask : bool array or signal, optional
             Pixels marked True are not used (their loadings are NaN).
         signal_mask : bool array or signal, optional
@@ -154,7 +156,7 @@ class EspmDecompositionMixin:
             )
         kwargs = dict(kwargs)
         hyperspy_options = _check_hyperspy_keywords(kwargs, lazy=bool(getattr(self, "_lazy", 0)))
-        estimator = resolve_estimator(algorithm, output_dimension, kwargs)
+        estimator = estimator_for(self, algorithm, output_dimension, kwargs, print_info)
         if normalize_poissonian_noise:
             warnings.warn(
                 "normalize_poissonian_noise=True is ignored with espm_lite estimators: "

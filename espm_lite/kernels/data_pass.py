@@ -33,6 +33,15 @@ the CSR matrix of ``x_ij / y_ij`` with the structure of ``X``, and the products
 ``X_b^T A_b`` are sparse-times-dense: ``O(nnz k)`` time, no ``(rows, n)``
 buffer, the data never densified.  Both paths give the same results up to
 rounding.
+
+Missing entries
+---------------
+With ``missing`` (a :class:`~espm_lite.kernels.missing.MissingEntries`; the
+data are zero at those entries) the data term and the gradient terms are
+those of the observed entries only.  The pass itself is unchanged: each block
+calls :func:`espm_lite.kernels.missing.map_terms` (map terms and loss) and
+:func:`~espm_lite.kernels.missing.spectra_removed` (spectra terms), the one
+place where the mask acts, at ``O(missing k)`` per pass.
 """
 
 from __future__ import annotations
@@ -48,6 +57,7 @@ import scipy.sparse as sp
 from array_api_compat import array_namespace, device
 from threadpoolctl import ThreadpoolController
 
+from . import missing as _missing
 from ._array_ops import ArrayOps
 from .sparse_data import SparseData, SparseRowBlock, dense_block
 
@@ -78,10 +88,15 @@ class PassResult:
     w_negative : ndarray (n, k) or None
         Negative part of the gradient in ``D`` at the updated maps:
         ``R^T A`` (KL) or ``X^T A`` (Frobenius), before multiplication by ``G^T``.
+    w_removed : ndarray (n, k) or None
+        With missing entries: what they remove from the positive part of the
+        gradient in ``D`` (see :func:`espm_lite.kernels.missing.spectra_removed`);
+        None without.
     """
 
     data_loss: float | None
     w_negative: np.ndarray | None
+    w_removed: np.ndarray | None = None
 
 
 MapRule = Callable[[slice, np.ndarray, np.ndarray, np.ndarray | None], np.ndarray]
@@ -107,6 +122,8 @@ class _PassContext:
         Rows ``D_i (x) D_i`` (KL curvature).
     l2_curvature : float or None
         Largest eigenvalue of ``D^T D`` (Frobenius curvature).
+    missing : MissingEntries or None
+        Entries left out of the data term.
     """
 
     X: object
@@ -122,6 +139,7 @@ class _PassContext:
     gram_d: np.ndarray | None
     outer_rows: np.ndarray | None
     l2_curvature: float | None
+    missing: _missing.MissingEntries | None = None
 
     @property
     def xp(self):
@@ -151,6 +169,7 @@ def data_pass(
     need_w_terms: bool = True,
     need_loss: bool = True,
     x_constants: tuple[float, float] = (0.0, 0.0),
+    missing: _missing.MissingEntries | None = None,
 ) -> PassResult:
     """One pass over the data: data term, map update and spectra-gradient terms.
 
@@ -178,6 +197,11 @@ def data_pass(
         Whether to accumulate the spectra terms / the data term.
     x_constants : (float, float)
         ``(sum X log X, sum X)`` for the KL loss; ``(||X||^2, 0)`` for Frobenius.
+    missing : MissingEntries, optional
+        Entries left out of the fit (``X`` must be zero there): the data term
+        and the gradient terms are then those of the observed entries, and
+        ``PassResult.w_removed`` holds what the missing entries remove from the
+        positive part of the gradient in ``D``. NumPy arrays only.
 
     Returns
     -------
@@ -185,7 +209,7 @@ def data_pass(
     """
     if sp.issparse(X):
         X = SparseData(X)
-    ctx = _setup(X, A, D, loss, map_rule, need_curvature, need_w_terms, need_loss)
+    ctx = _setup(X, A, D, loss, map_rule, need_curvature, need_w_terms, need_loss, missing)
     xp, ops = ctx.xp, ctx.ops
     total = 0.0
     if need_loss and loss == "kl":
@@ -193,16 +217,20 @@ def data_pass(
     if need_loss and loss == "l2":
         total = 0.5 * x_constants[0] + 0.5 * ops.dot_all(A.T @ A, ctx.gram_d)
     results = _run_blocks(ctx)
-    total += sum(part for part, _ in results)
-    w_neg = None
+    total += sum(part for part, _, _ in results)
+    w_neg = w_removed = None
     if need_w_terms:
         w_neg = results[0][1]
-        for _, other in results[1:]:
+        for _, other, _ in results[1:]:
             w_neg += other
-    return PassResult(data_loss=total if need_loss else None, w_negative=w_neg)
+        if missing is not None:
+            w_removed = sum(removed for _, _, removed in results)
+    return PassResult(data_loss=total if need_loss else None, w_negative=w_neg, w_removed=w_removed)
 
 
-def _setup(X, A, D, loss, map_rule, need_curvature, need_w_terms, need_loss) -> _PassContext:
+def _setup(
+    X, A, D, loss, map_rule, need_curvature, need_w_terms, need_loss, missing=None
+) -> _PassContext:
     """The :class:`_PassContext` of one :func:`data_pass` (terms that depend on ``D`` only)."""
     ops = ArrayOps(A, D)
     xp = ops.xp
@@ -234,10 +262,11 @@ def _setup(X, A, D, loss, map_rule, need_curvature, need_w_terms, need_loss) -> 
         gram_d=gram_d,
         outer_rows=outer_rows,
         l2_curvature=l2_curvature,
+        missing=missing,
     )
 
 
-def _run_blocks(ctx: _PassContext) -> list[tuple[float, np.ndarray | None]]:
+def _run_blocks(ctx: _PassContext) -> list[tuple[float, np.ndarray | None, np.ndarray | None]]:
     """Split the data into blocks and run them on :func:`num_threads` threads.
 
     Thread ``i`` takes blocks ``i, i + threads, ...``; the results come back
@@ -280,8 +309,11 @@ def _l2_terms(ctx: _PassContext, Xb, Ab, nb: int):
     return negative, positive, curvature, part
 
 
-def _dense_blocks(ctx: _PassContext, my_blocks: list[slice]) -> tuple[float, np.ndarray | None]:
-    """The pass over the dense row blocks ``my_blocks``: (loss part, ``w_negative`` part)."""
+def _dense_blocks(ctx: _PassContext, my_blocks: list[slice]) -> tuple:
+    """The pass over the dense row blocks ``my_blocks``.
+
+    Returns (loss part, ``w_negative`` part, ``w_removed`` part or None).
+    """
     ops, xp = ctx.ops, ctx.xp
     A, D, Dt, n, k, dtype = ctx.A, ctx.D, ctx.Dt, ctx.n, ctx.k, ctx.dtype
     kl = ctx.loss == "kl"
@@ -293,6 +325,7 @@ def _dense_blocks(ctx: _PassContext, my_blocks: list[slice]) -> tuple[float, np.
         return None if buf is None else buf[:nb]
 
     w_neg = xp.zeros((n, k), dtype=dtype, device=device(A)) if ctx.need_w_terms else None
+    w_removed = None
     part = 0.0
     for rows in my_blocks:
         nb = rows.stop - rows.start
@@ -312,6 +345,11 @@ def _dense_blocks(ctx: _PassContext, my_blocks: list[slice]) -> tuple[float, np.
         else:
             negative, positive, curvature, loss_part = _l2_terms(ctx, Xb, Ab, nb)
             part += loss_part
+        if ctx.missing is not None:
+            negative, positive, lost = _missing.map_terms(
+                ctx.missing, rows, Ab, D, ctx.loss, negative, positive
+            )
+            part += lost
         if ctx.map_rule is not None:
             A[rows, :] = ctx.map_rule(rows, negative, positive, curvature)
             Ab = A[rows, :]
@@ -320,17 +358,17 @@ def _dense_blocks(ctx: _PassContext, my_blocks: list[slice]) -> tuple[float, np.
                 R = ops.divide(Xb, Y, out=buffer(buf_r, nb))
         if ctx.need_w_terms:
             w_neg += (R.T @ Ab) if kl else (Xb.T @ Ab)
-    return part, w_neg
+            w_removed = _removed(ctx, rows, Ab, w_removed)
+    return part, w_neg, w_removed
 
 
-def _sparse_blocks(
-    ctx: _PassContext, my_blocks: list[SparseRowBlock]
-) -> tuple[float, np.ndarray | None]:
-    """The pass over the sparse row blocks ``my_blocks``: (loss part, ``w_negative`` part)."""
+def _sparse_blocks(ctx: _PassContext, my_blocks: list[SparseRowBlock]) -> tuple:
+    """The pass over the sparse row blocks ``my_blocks`` (returns as :func:`_dense_blocks`)."""
     A, D, Dt, k = ctx.A, ctx.D, ctx.Dt, ctx.k
     kl = ctx.loss == "kl"
     outer_rows = ctx.outer_rows
     w_neg = np.zeros((ctx.n, k), dtype=ctx.dtype) if ctx.need_w_terms else None
+    w_removed = None
     part = 0.0
     for block in my_blocks:
         rows = block.rows
@@ -359,6 +397,11 @@ def _sparse_blocks(
             negative, positive, curvature, loss_part = _l2_terms(ctx, Xb, Ab, nb)
             negative = np.asarray(negative)
             part += loss_part
+        if ctx.missing is not None:
+            negative, positive, lost = _missing.map_terms(
+                ctx.missing, rows, Ab, D, ctx.loss, negative, positive
+            )
+            part += lost
         if ctx.map_rule is not None:
             A[rows] = ctx.map_rule(rows, negative, positive, curvature)
             Ab = A[rows]
@@ -367,7 +410,16 @@ def _sparse_blocks(
                 R = _like(Xb, np.divide(values, y, out=y))
         if ctx.need_w_terms:
             w_neg += np.asarray((R.T @ Ab) if kl else (Xb.T @ Ab))
-    return part, w_neg
+            w_removed = _removed(ctx, rows, Ab, w_removed)
+    return part, w_neg, w_removed
+
+
+def _removed(ctx: _PassContext, rows: slice, Ab, w_removed):
+    """``w_removed`` plus the block's :func:`~espm_lite.kernels.missing.spectra_removed`."""
+    if ctx.missing is None:
+        return None
+    removed = _missing.spectra_removed(ctx.missing, rows, Ab, ctx.D, ctx.loss)
+    return removed if w_removed is None else w_removed + removed
 
 
 def _model_at(Ab: np.ndarray, local_rows: np.ndarray, d_cols: list[np.ndarray]) -> np.ndarray:

@@ -17,6 +17,7 @@ import numpy as np
 from .. import kernels
 from .._initialization import initial_factors, project_on_G
 from .._problem import Problem
+from ..kernels import missing as missing_kernels
 
 
 class ArrayState:
@@ -250,6 +251,7 @@ def update_W(
     *,
     simplex_tol: float,
     map_colsum: np.ndarray | None = None,
+    w_removed: np.ndarray | None = None,
 ) -> None:
     """Multiplicative update of ``W`` in place (every model with a ``G W H`` part).
 
@@ -258,16 +260,23 @@ def update_W(
     ``R^T A`` (``X^T A``) of the pass over the data; ``nu`` makes the free
     entries of each column sum to one when ``simplex_W``. ``map_colsum``
     replaces ``H 1`` in the KL denominator (PNMF: the posterior mean maps).
+    With missing entries (``problem.missing``) the positive part is that of
+    the observed entries, ``w_removed`` being the pass's
+    :attr:`~espm_lite.kernels.PassResult.w_removed`
+    (:func:`espm_lite.kernels.missing.spectra_terms`).
     """
     G, W, A = problem.G, state.W, state.A
-    negative = w_negative if G is None else G.T @ w_negative
-    if problem.loss == "l2":
-        GtG_W = W if G is None else problem.GtG @ W
-        positive = GtG_W @ (A.T @ A)
+    if problem.missing is not None:
+        negative, positive = _masked_spectra_terms(problem, state, w_negative, w_removed)
     else:
-        g_sum = 1.0 if G is None else problem.G_colsum
-        colsum = A.sum(axis=0) if map_colsum is None else map_colsum.astype(W.dtype)
-        positive = np.broadcast_to(g_sum, (W.shape[0],))[:, None] * colsum[None, :]
+        negative = w_negative if G is None else G.T @ w_negative
+        if problem.loss == "l2":
+            GtG_W = W if G is None else problem.GtG @ W
+            positive = GtG_W @ (A.T @ A)
+        else:
+            g_sum = 1.0 if G is None else problem.G_colsum
+            colsum = A.sum(axis=0) if map_colsum is None else map_colsum.astype(W.dtype)
+            positive = np.broadcast_to(g_sum, (W.shape[0],))[:, None] * colsum[None, :]
     free = problem.simplex_free_W() if problem.simplex_W else None
     new = kernels.mu_update(
         W.T,
@@ -295,6 +304,22 @@ def project_W(problem: Problem, W: np.ndarray) -> None:
             W[...] = np.where(free, W / np.where(free, W, 0).sum(axis=0), W)
 
 
+def _masked_spectra_terms(problem: Problem, state: FitState, w_negative, w_removed):
+    """``(G^T negative, G^T positive)`` of the ``W`` update over the observed entries."""
+    G, W, A = problem.G, state.W, state.A
+    D = problem.spectra(W)
+    if problem.loss == "l2":
+        positive = D @ (A.T @ A)
+    else:
+        positive = np.broadcast_to(A.sum(axis=0), D.shape)
+    negative, positive = missing_kernels.spectra_terms(
+        problem.missing, w_negative, positive, w_removed, A, D, problem.loss
+    )
+    if G is None:
+        return negative, positive
+    return G.T @ negative, G.T @ positive
+
+
 def data_term(problem: Problem, A: np.ndarray, D: np.ndarray) -> float:
     """The data term (KL or Frobenius) of the model ``A D^T``, one pass over the data."""
     result = kernels.data_pass(
@@ -304,6 +329,7 @@ def data_term(problem: Problem, A: np.ndarray, D: np.ndarray) -> float:
         loss=problem.loss,
         need_w_terms=False,
         x_constants=problem.x_constants,
+        missing=problem.missing,
     )
     return result.data_loss
 

@@ -163,7 +163,7 @@ class SmoothKL(Solver):
         simplex, whose column sums then move into the maps.
         """
         solve = self.row_solve
-        if solve is None or problem.loss != "kl":
+        if solve is None or problem.loss != "kl" or problem.missing is not None:
             return None
         if solve.side == "H":
             if self.lambda_L > 0 or problem.fixed.A_mask is not None or problem.simplex_H:
@@ -214,8 +214,15 @@ class SmoothKL(Solver):
             map_rule=rule,
             need_curvature=(self.algo == "projected_gradient" and self.gamma is None),
             x_constants=problem.x_constants,
+            missing=problem.missing,
         )
-        update_W(problem, state, result.w_negative, simplex_tol=self.simplex_tol)
+        update_W(
+            problem,
+            state,
+            result.w_negative,
+            simplex_tol=self.simplex_tol,
+            w_removed=result.w_removed,
+        )
         if self.algo == "projected_gradient" and (self.linesearch or self.gamma is None):
             # Regrow the step after backtracking: up to the curvature step by default,
             # without bound with linesearch=True.
