@@ -6,38 +6,10 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from espm_lite import PNMF, SNMF, ConvexNMF, SmoothNMF
 
 # Every estimator ends its fit with the solve of the sample-side factor that
-# transform uses, so fit_transform(X) and fit(X).transform(X) agree, with one
-# exception: PNMF with hspy_comp=False on the checks' 30 x 3 data. There the
-# fitted posterior maps have nearly proportional columns, so the spectra of a
-# channel lie in a flat valley of the ELBO: the polished fit and transform
-# reach the same objective (to 1e-12) at different points of the valley, and
-# the check compares points. tests/test_pnmf.py checks the property on a
-# phantom.
-EXPECTED_FAILED = {
-    "check_transformer_general": "flat valley of the spectra problem on 30x3 data, see above",
-    "check_transformer_data_not_an_array": "flat valley of the spectra problem, see above",
-}
-
-
-# espm's settings put 5 phases on the checks' 2 columns (pixels, hspy_comp=False): each
-# channel's spectra problem has 5 unknowns for 2 values, a valley of exact fits. The
-# accelerated fit reaches a near-exact fit (data term 4e-8 after 200 iterations) that
-# the row-by-row Newton solve of transform does not reach from its least-squares start
-# (1.7e-3), so the final solve is not kept and the two differ. The plain updates
-# (accelerate=False) stop short of it and pass; see the closing note of issue #11.
-ESPM_DEGENERATE = {
-    "check_transformer_general": "k=5 on 2 pixels: the spectra problem has a valley of exact "
-    "fits that transform's row solve does not reach, see above",
-    "check_transformer_data_not_an_array": "k=5 on 2 pixels, see above",
-}
-
-
-def _expected_failed(estimator):
-    if isinstance(estimator, PNMF) and not estimator.hspy_comp:
-        return EXPECTED_FAILED
-    if isinstance(estimator, SmoothNMF) and estimator.n_components == 5:
-        return ESPM_DEGENERATE
-    return {}
+# transform uses, so fit_transform(X) and fit(X).transform(X) agree: no check is
+# expected to fail. (On the checks' rank-one 30 x 3 data PNMF's second phase dies;
+# its spectrum stays at the floor instead of being made a uniform unit column, so
+# that transform solves it back to the same point.)
 
 
 #: espm's own estimator test runs check_estimator on these two settings.
@@ -60,7 +32,6 @@ ESPM_SETTINGS = dict(
         ConvexNMF(verbose=0, hspy_comp=True),
         ConvexNMF(verbose=0, solver="pgd", hspy_comp=True),
     ],
-    expected_failed_checks=_expected_failed,
 )
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)

@@ -15,9 +15,10 @@ in ``c``; PNMF uses the column sums of its posterior mean maps). Without the
           H = A^T \operatorname{diag}(x / y^2) A, \qquad y = A c.
 
 Each step solves ``(H_FF + damping diag H_FF) d_F = -g_F`` on the free
-coefficients (those not at the floor with a positive gradient; the concave
+coefficients (those not near the floor with a positive gradient; the concave
 term's curvature is left out, so the system is positive definite and ``d``
-a descent direction), projects ``c + t d`` on ``c >= floor`` and halves ``t``
+a descent direction), takes ``d_i = -g_i / H_ii`` on the others (Bertsekas'
+projected Newton), projects ``c + t d`` on ``c >= floor`` and halves ``t``
 until ``f`` decreases. Newton's quadratic convergence makes the result independent
 of the start to rounding in a few tens of passes, where multiplicative
 updates need hundreds and stop at a start-dependent point. Rows are solved
@@ -95,22 +96,30 @@ def _terms(block: _Rows, C, A, s, sparsity, hessian: bool):
 
 
 def _direction(g, H, free, damping):
-    """Damped Newton direction ``-(H + damping diag H)^{-1} g`` on the free coefficients."""
+    """Bertsekas' projected Newton direction of each row.
+
+    Free coefficients: the damped Newton step ``-(H_FF + damping diag H_FF)^{-1} g_F``.
+    Held ones (near the floor, gradient pointing out): the diagonally scaled
+    gradient step ``-g_i / H_ii``, which the projection stops at the floor, so
+    a coefficient just above the floor still moves down to it.
+    """
     k = g.shape[1]
     eye = np.eye(k)
+    diag_full = np.diagonal(H, axis1=1, axis2=2)
+    scale = np.abs(diag_full).max(axis=1)
+    scale = np.where(scale > 0, scale, 1.0)[:, None]  # a row without counts: a linear problem
     mask = free[:, :, None] & free[:, None, :]
     Hf = np.where(mask, H, 0.0)
-    diag = np.diagonal(Hf, axis1=1, axis2=2)
-    scale = np.abs(diag).max(axis=1)
-    scale = np.where(scale > 0, scale, 1.0)  # a row without counts: a linear problem
-    shift = damping[:, None] * diag + 1e-12 * scale[:, None]
+    shift = damping[:, None] * diag_full + 1e-12 * scale
     Hf = Hf + eye * np.where(free, shift, 1.0)[:, None, :]
     rhs = np.where(free, -g, 0.0)
     try:
         d = np.linalg.solve(Hf, rhs[:, :, None])[:, :, 0]
     except np.linalg.LinAlgError:
         d = rhs / np.diagonal(Hf, axis1=1, axis2=2)
-    return np.where(np.isfinite(d), d, rhs)
+    d = np.where(np.isfinite(d), d, rhs)
+    held = -g / np.maximum(diag_full, 1e-12 * scale)
+    return np.where(free, d, held)
 
 
 def _line_search(sub, Cb, d, f, A, s, sparsity, floor):

@@ -98,10 +98,15 @@ def channels_as_rows(problem: Problem):
     return X.tocsr() if hasattr(X, "tocsr") else np.ascontiguousarray(X)
 
 
-def unit_columns(W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(W / c, c)`` with ``c`` the column sums (1 where a sum is not positive)."""
+def unit_columns(W: np.ndarray, floor: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """``(W / c, c)`` with ``c`` the column sums.
+
+    ``c`` is 1 for a column whose entries are all at most ``floor`` (a dead
+    phase: its spectrum solved to the floor is left there rather than made
+    uniform, so that solving it again gives it back) or whose sum is not positive.
+    """
     c = W.sum(axis=0)
-    c = np.where(c > 0, c, 1)
+    c = np.where((c > 0) & (W.max(axis=0) > floor), c, 1)
     return W / c, c
 
 

@@ -289,7 +289,7 @@ class VariationalPoisson(Solver):
             maps = np.maximum(state.A, problem.dtype.type(problem.floor))
             mean_maps = np.exp(state.mu + 0.5 * state.var)
             W = spectra_of_channels(channels_as_rows(problem), maps, mean_maps, floor=problem.floor)
-            W, c = unit_columns(W) if problem.simplex_W else (W, np.ones(W.shape[1]))
+            W, c = unit_columns(W, problem.floor) if problem.simplex_W else (W, np.ones(W.shape[1]))
             updates = {"W": W, "mu": state.mu + np.log(c)}
             if self.fixed_mean is None:
                 updates["prior_mean"] = state.prior_mean + np.log(c)

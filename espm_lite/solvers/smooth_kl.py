@@ -181,7 +181,7 @@ class SmoothKL(Solver):
             W = coefficient_rows(channels_as_rows(problem), maps, floor=problem.floor)
             updates = {"W": W}
             if problem.simplex_W:  # the scale of the spectra moves into the maps
-                updates["W"], c = unit_columns(W)
+                updates["W"], c = unit_columns(W, problem.floor)
                 updates["A"] = state.A * c
         return keep_if_better(self, problem, state, self.objective(problem, state), updates)
 
