@@ -33,8 +33,8 @@ start, ``simplex_W=True``; with ``shape_2d`` given, Laplacian smoothing of the
 maps, ``normalize=True`` and ``lambda_L = 3`` up to 30 counts per pixel, ``90 /
 counts`` above (:func:`default_lambda_L`): low-count data need it, without it the
 maps of extra phases fit the noise; high-count data need less), each capped at
-``max_iter`` iterations with tolerance ``tol`` (the held-out deviance
-settles long before the factors do); pass an estimator to score another
+``max_iter`` iterations with tolerance ``tol`` (well short of convergence: the cap
+also regularises, see ``docs/maths.md``); pass an estimator to score another
 model (it is cloned, its ``n_components`` set to each candidate, its
 orientation handled here).
 """
@@ -60,7 +60,7 @@ from .kernels import canonical_csr, choose_path
 logger = logging.getLogger(__name__)
 
 #: Default iteration cap and tolerance of the scoring fits.
-SCORING_MAX_ITER = 30
+SCORING_MAX_ITER = 60
 SCORING_TOL = 1e-4
 #: Laplacian smoothing of the default scoring fits when the scan shape is known
 #: (``normalize=True`` units), up to :data:`SCORING_REFERENCE_COUNTS` counts per pixel,
@@ -324,7 +324,7 @@ def select_n_components(
         Fraction of the entries held out in each fold (``n_folds * fraction
         <= 1``).
     max_iter, tol : int and float, or None
-        Iteration cap and tolerance of the scoring fits (defaults 30 and
+        Iteration cap and tolerance of the scoring fits (defaults 60 and
         1e-4); None keeps the estimator's own. The scoring fits do not warn
         when they reach ``max_iter``.
     random_state : int, Generator or None
