@@ -9,6 +9,7 @@ Estimators in the scikit-learn style, all built on :class:`NMFEstimator`
 from importlib.metadata import PackageNotFoundError, version
 
 from . import datasets, measures
+from ._diagnostics import EmptyPhaseWarning
 from .estimators import PNMF, SNMF, ConvexNMF, NMFEstimator, SmoothNMF
 
 try:
@@ -18,6 +19,7 @@ except PackageNotFoundError:  # imported from a source tree that is not installe
 
 __all__ = [
     "ConvexNMF",
+    "EmptyPhaseWarning",
     "NMFEstimator",
     "PNMF",
     "SNMF",

@@ -18,6 +18,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from .. import kernels
+from .._diagnostics import warn_empty_phases
 from .._fixed import exact_fixed
 from .._initialization import INIT_METHODS
 from .._loop import History, run
@@ -349,6 +350,7 @@ class NMFEstimator(
         self._G_simplex_rows = problem.simplex_W_rows
         self._scale, self._intensity = scale, problem.intensity
         D = problem.spectra(W_out)
+        warn_empty_phases(type(self).__name__, D, self.H_.T)
         self.n_components_ = self.H_.shape[0]
         self.components_ = np.ascontiguousarray(D.T) if self.hspy_comp else self.H_
         self._n_features_out = self.n_components_

@@ -43,11 +43,16 @@ def bisect_multiplier(
     xp = array_namespace(lower, upper)
     lo = xp.astype(lower, xp.float64)
     hi = xp.astype(upper, xp.float64)
+    # A row without free entries has the empty bracket (inf, -inf): bisect it at 0
+    # (no inf - inf) and report it with nan like any other failed row.
+    empty = ~(xp.isfinite(lo) & xp.isfinite(hi))
+    zero = _scalar(xp, 0.0, lo)
+    lo, hi = xp.where(empty, zero, lo), xp.where(empty, zero, hi)
 
     def row_sums(nu):
         return _free_row_sums(xp, values_at(nu), free)
 
-    bad = (row_sums(lo) < 1.0 - tol) | (row_sums(hi) > 1.0 + tol)
+    bad = empty | (row_sums(lo) < 1.0 - tol) | (row_sums(hi) > 1.0 + tol)
     nu = 0.5 * (lo + hi)
     for _ in range(max_iter):
         nu = 0.5 * (lo + hi)
