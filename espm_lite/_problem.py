@@ -233,9 +233,7 @@ def prepare(estimator, X, W0=None, H0=None, mask=None) -> Problem:
     Problem
     """
     reject_bool_integers(estimator)
-    X, indicator = masked_input(estimator, X, mask)
-    X = validate_input(estimator, X, reset=True, where="input X")
-    counts = internal_layout(X, estimator.hspy_comp)
+    X, counts, indicator = masked_data(estimator, X, mask, reset=True, where="input X")
     p, n = counts.shape
     k = estimator.n_components
     estimator._check_settings(n, p)
@@ -285,10 +283,19 @@ def prepare(estimator, X, W0=None, H0=None, mask=None) -> Problem:
         shape_2d=shape_2d,
         data_path=path,
         n_components=k,
-        missing=None
-        if indicator is None
-        else MissingEntries(internal_layout(indicator, estimator.hspy_comp), dtype),
+        missing=None if indicator is None else MissingEntries(indicator, dtype),
     )
+
+
+def masked_data(estimator, X, mask, *, reset: bool, where: str):
+    """``(X, Xi, indicator)``: ``X`` masked (:func:`masked_input`) and validated, the
+    same in the internal layout, and the missing entries in the internal layout (or None).
+    """
+    X, indicator = masked_input(estimator, X, mask)
+    X = validate_input(estimator, X, reset=reset, where=where)
+    if indicator is not None:
+        indicator = internal_layout(indicator, estimator.hspy_comp)
+    return X, internal_layout(X, estimator.hspy_comp), indicator
 
 
 def masked_input(estimator, X, mask):
@@ -388,11 +395,7 @@ def evaluation_problem(estimator, X, mask=None) -> Problem:
     rescaling); ``G``, its simplex rows and ``shape_2d`` are the fitted ones;
     ``mask`` (optional, as in ``fit``) marks missing entries.
     """
-    X, indicator = masked_input(estimator, X, mask)
-    X = validate_input(estimator, X, reset=False, where="loss (input X)")
-    Xi = internal_layout(X, estimator.hspy_comp)
-    if indicator is not None:
-        indicator = internal_layout(indicator, estimator.hspy_comp)
+    _, Xi, indicator = masked_data(estimator, X, mask, reset=False, where="loss (input X)")
     G = estimator.G_
     loss = "l2" if estimator.l2 else "kl"
     return Problem(
