@@ -228,6 +228,22 @@ def test_transform_reproduces_fitted_maps(phantom_500):
     np.testing.assert_allclose(subset, maps[100:130], rtol=1e-6, atol=1e-8)
 
 
+def test_exact_row_solve_reaches_the_closed_form_at_the_boundary():
+    # Pixels whose counts lie on the channels of phase 0 only: the optimum holds
+    # phase 1 at the floor and c_0 = sum(x) / sum(A_0). Newton steps near it must
+    # not oscillate (a doubled step lands on the mirror point, equal up to rounding).
+    from espm_lite.kernels.newton_rows import newton_rows
+
+    rng = np.random.default_rng(0)
+    basis = np.array([[1.0, 0.01], [1.0, 0.01], [0.01, 1.0]])
+    X = np.zeros((2000, 3))
+    X[:, :2] = rng.integers(1, 60, size=(2000, 2))
+    C = newton_rows(X, basis, np.ones((2000, 2)), floor=1e-14)
+    exact = X.sum(axis=1) / basis[:, 0].sum()
+    np.testing.assert_allclose(C[:, 0], exact, rtol=1e-12)
+    np.testing.assert_array_equal(C[:, 1], 1e-14)
+
+
 # ---------------------------------------------------------- other inputs
 def test_float32_is_kept(small_problem):
     est, D = fit(small_problem.astype(np.float32), n_components=2, max_iter=20)

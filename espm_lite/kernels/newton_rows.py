@@ -125,34 +125,41 @@ def _direction(g, H, free, damping):
 def _line_search(sub, Cb, d, f, A, s, sparsity, floor):
     """Projected steps ``max(c + t d, floor)`` per row: ``t`` halved until ``f`` decreases,
     or doubled while it keeps decreasing when the full step is accepted (the log
-    term makes Newton steps from near the floor far too short).
+    term makes Newton steps from near the floor far too short). Each trial
+    evaluates only the rows still searching.
     """
 
-    def value(step):
-        trial = np.maximum(Cb + step[:, None] * d, floor)
-        return trial, _terms(sub, trial, A, s, sparsity, hessian=False)[0]
+    def value(step, idx):
+        part = sub if idx.size == Cb.shape[0] else _subset(sub, idx)
+        trial = np.maximum(Cb[idx] + step[idx, None] * d[idx], floor)
+        return trial, _terms(part, trial, A, s, sparsity, hessian=False)[0]
 
     step = np.ones(Cb.shape[0])
     ok = np.zeros(Cb.shape[0], dtype=bool)
-    new, best = Cb, f
+    new, best = Cb.copy(), f.copy()
     for _ in range(20):
-        trial, f_new = value(step)
-        better = (f_new <= f + 1e-12 * np.abs(f)) & ~ok
-        new = np.where(better[:, None], trial, new)
-        best = np.where(better, f_new, best)
-        ok |= better
+        idx = np.flatnonzero(~ok)
+        trial, f_new = value(step, idx)
+        better = f_new <= f[idx] + 1e-12 * np.abs(f[idx])
+        chosen = idx[better]
+        new[chosen], best[chosen], ok[chosen] = trial[better], f_new[better], True
         if ok.all():
             break
-        step = np.where(ok, step, 0.5 * step)
+        step[idx[~better]] *= 0.5
     grow = ok & (step == 1.0)
     for _ in range(6):
-        if not grow.any():
+        idx = np.flatnonzero(grow)
+        if idx.size == 0:
             break
-        step = np.where(grow, 2 * step, step)
-        trial, f_new = value(step)
-        grow &= f_new < best
-        new = np.where(grow[:, None], trial, new)
-        best = np.where(grow, f_new, best)
+        step[idx] *= 2
+        trial, f_new = value(step, idx)
+        # A longer step must gain more than rounding: near the optimum the
+        # doubled Newton step lands on the mirror point, whose value differs
+        # from the current one by rounding only, and taking it would oscillate.
+        better = f_new < best[idx] - 1e-12 * np.abs(best[idx])
+        chosen = idx[better]
+        new[chosen], best[chosen] = trial[better], f_new[better]
+        grow[idx[~better]] = False
     return new, ok
 
 
