@@ -17,7 +17,17 @@ import scipy.sparse as sp
 from scipy.optimize import nnls
 from sklearn.utils.extmath import randomized_svd
 
+from .kernels.chunked import ChunkedData
+
 INIT_METHODS = ("nndsvd", "nndsvda", "nndsvdar", "random")
+
+
+def generator(random_state) -> np.random.Generator:
+    """A Generator seeded from ``random_state`` (int, RandomState or None), as
+    scikit-learn's ``check_random_state`` would draw from it."""
+    if not isinstance(random_state, np.random.RandomState):
+        random_state = np.random.RandomState(random_state)
+    return np.random.default_rng(random_state.randint(np.iinfo(np.int32).max))
 
 
 def _positive_part_pair(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
@@ -69,8 +79,11 @@ def initial_factors(
         return left.astype(dtype), right.astype(dtype)
 
     seed = int(rng.integers(np.iinfo(np.int32).max))
-    Xs = X if sp.issparse(X) else np.asarray(X)
-    U, S, Vt = randomized_svd(Xs, k, random_state=seed)
+    if isinstance(X, ChunkedData):  # on disk: dask's randomized SVD, a few passes
+        U, S, Vt = X.randomized_svd(k, seed)
+    else:
+        Xs = X if sp.issparse(X) else np.asarray(X)
+        U, S, Vt = randomized_svd(Xs, k, random_state=seed)
     left = np.zeros((r, k))
     right = np.zeros((k, c))
     left[:, 0] = np.sqrt(S[0]) * np.abs(U[:, 0])

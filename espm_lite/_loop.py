@@ -84,6 +84,9 @@ class History:
         The stopping rule was met (or the objective stopped decreasing).
     calm : int
         Consecutive iterations (up to now) with ``factor_change < tol``.
+    interrupted : bool
+        The loop was stopped by ``KeyboardInterrupt`` (Ctrl-C) and ended on the
+        last complete iterate.
     """
 
     rows: list = field(default_factory=list)
@@ -91,6 +94,7 @@ class History:
     final_terms: dict = field(default_factory=dict)
     converged: bool = False
     calm: int = 0
+    interrupted: bool = False
 
     def replace_final(self, terms: dict, n_entries: int, names: tuple[str, ...]) -> None:
         """The final iterate changed after the loop (a solver's polish): record it.
@@ -261,6 +265,11 @@ def run(
             debug,
             extrapolation,
         )
+    except KeyboardInterrupt:  # Ctrl-C: end on the last complete iterate
+        state.restore(snaps[-1][0])
+        history.interrupted = True
+        f_older = terms_older = None
+        stopped = False
     finally:
         bar.close()
     if extrapolation is not None and not stopped:
@@ -354,7 +363,14 @@ def _finish(solver, problem, state, settings, history, snaps, f_older, terms_old
             rel = np.nan if f_older is None else _relative_change(f_older, f)
             history.rows.append(_row(settings, final, rel, snaps[-1][1]))
             history.final_terms = final
-    if not (history.converged or settings.no_stop):
+    if history.interrupted:
+        warnings.warn(
+            f"{settings.name} was interrupted after iteration {history.n_iter}: the fit ends "
+            "on that iterate, before the stopping rule was met.",
+            ConvergenceWarning,
+            stacklevel=4,
+        )
+    elif not (history.converged or settings.no_stop):
         warnings.warn(
             f"{settings.name} reached max_iter={settings.max_iter} before the relative "
             f"change of the factors stayed below tol={settings.tol} for {STOP_WINDOW} "

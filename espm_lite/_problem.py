@@ -25,10 +25,12 @@ from typing import Any, Literal
 import numpy as np
 import scipy.sparse as sp
 from sklearn.utils._param_validation import Interval
-from sklearn.utils.validation import check_non_negative, validate_data
 
 from . import kernels
 from ._fixed import FixedEntries, fixed_entries
+from ._input import validate_input
+from ._lazy import in_memory
+from .kernels.chunked import ChunkedData
 from .kernels.missing import MissingEntries, as_missing_indicator, zero_missing
 
 logger = logging.getLogger(__name__)
@@ -169,7 +171,10 @@ def _with_G(G: np.ndarray | None) -> dict:
 
 
 def internal_layout(X, hspy_comp: bool):
-    """``X`` in the (p, n) layout: C-contiguous dense, or CSR without duplicates."""
+    """``X`` in the (p, n) layout: C-contiguous dense, or CSR without duplicates
+    (data left on disk, :class:`~espm_lite.kernels.chunked.ChunkedData`, are in it)."""
+    if isinstance(X, ChunkedData):
+        return X
     Xi = X if hspy_comp else X.T
     if sp.issparse(Xi):
         return kernels.canonical_csr(Xi)
@@ -188,6 +193,8 @@ def data_scale(Xi) -> float:
         When the counts of a pixel overflow float64: the maps, which carry
         them, could not be represented.
     """
+    if isinstance(Xi, ChunkedData):
+        return Xi.data_scale()
     values = Xi.data if sp.issparse(Xi) else Xi
     largest = float(np.abs(values).max()) if values.size else 0.0
     if largest == 0:
@@ -208,6 +215,8 @@ def divide(Xi, scale: float):
     """``Xi / scale`` in the dtype of ``Xi`` (a new array; ``Xi`` is untouched)."""
     if scale == 1.0:
         return Xi
+    if isinstance(Xi, ChunkedData):
+        return Xi.divided(scale)
     return Xi * (1.0 / scale) if sp.issparse(Xi) else Xi / Xi.dtype.type(scale)
 
 
@@ -242,20 +251,22 @@ def prepare(estimator, X, W0=None, H0=None, mask=None) -> Problem:
     G, simplex_rows = resolve_G(estimator.G, X, n, dtype)
     m = n if G is None else G.shape[1]
     scale = data_scale(counts)
-    if not (counts.count_nonzero() if sp.issparse(counts) else np.any(counts)):
+    if not (counts.count_nonzero() if sp.issparse(counts) else counts.any()):
         raise ValueError(
             f"X is all zero: {type(estimator).__name__} has nothing to factor (input X of "
             f"shape {X.shape})."
         )
     Xs = divide(counts, scale)
-    path = estimator._choose_data_path(Xs)
+    on_disk = isinstance(Xs, ChunkedData)
+    path = "dense" if on_disk else estimator._choose_data_path(Xs)
+    form = "sparse matrix" if sp.issparse(Xs) else "dense array"
     logger.info(
         "%s: %s path for data of %d pixels x %d channels (%s).",
         type(estimator).__name__,
         path,
         p,
         n,
-        "sparse matrix" if sp.issparse(Xs) else "dense array",
+        "dask array read band by band" if on_disk else form,
     )
     data = kernels.prepare_data(Xs, path) if estimator._uses_data_pass else Xs
     if isinstance(data, kernels.SparseData):
@@ -291,7 +302,7 @@ def masked_data(estimator, X, mask, *, reset: bool, where: str):
     """``(X, Xi, indicator)``: ``X`` masked (:func:`masked_input`) and validated, the
     same in the internal layout, and the missing entries in the internal layout (or None).
     """
-    X, indicator = masked_input(estimator, X, mask)
+    X, indicator = masked_input(estimator, in_memory(estimator, X, where=where), mask)
     X = validate_input(estimator, X, reset=reset, where=where)
     if indicator is not None:
         indicator = internal_layout(indicator, estimator.hspy_comp)
@@ -314,6 +325,11 @@ def masked_input(estimator, X, mask):
         raise ValueError(
             f"{name} does not fit masked data (mask=...); use SmoothNMF, which does, or "
             "remove the mask."
+        )
+    if isinstance(X, ChunkedData):
+        raise ValueError(
+            f"{name}: mask=... is not supported for a dask array left on disk (read at every "
+            "pass); raise max_memory so that it is read into memory."
         )
     shape = X.shape if sp.issparse(X) else np.shape(X)
     if len(shape) != 2:
@@ -351,6 +367,11 @@ def resolve_G(G, X, n_channels: int, dtype) -> tuple[np.ndarray | None, np.ndarr
     if G is None:
         return None, None
     if callable(G):
+        if isinstance(X, ChunkedData):
+            raise ValueError(
+                "A callable G needs the data in memory, and this dask array is left on disk: "
+                "pass G as an array, or raise max_memory."
+            )
         G = G(read_only(X))  # the callable cannot change the caller's data
     rows = None
     if hasattr(G, "simplex_rows"):  # a labelled G
@@ -420,38 +441,6 @@ def evaluation_problem(estimator, X, mask=None) -> Problem:
         n_components=estimator.n_components_,
         missing=None if indicator is None else MissingEntries(indicator, Xi.dtype),
     )
-
-
-def validate_input(estimator, X, *, reset: bool, where: str):
-    """``X`` validated by scikit-learn for ``estimator`` (dtype, finiteness, sign, features).
-
-    ``reset=True`` records ``n_features_in_`` (fit); otherwise it is checked.
-    Counts must be non-negative unless the estimator takes signed data.
-    """
-    X = validate_data(
-        estimator,
-        X,
-        accept_sparse=("csr", "csc", "coo"),
-        dtype=compute_dtype(estimator.dtype),
-        reset=reset,
-    )
-    if estimator._non_negative_input:
-        check_non_negative(X, f"{type(estimator).__name__} {where}")
-    return X
-
-
-def compute_dtype(dtype):
-    """The ``dtype`` argument of ``validate_data`` for an estimator's ``dtype`` parameter."""
-    if dtype is None:
-        return [np.float64, np.float32]
-    allowed = (np.dtype(np.float32), np.dtype(np.float64))
-    try:
-        value = np.dtype(dtype)
-    except TypeError:
-        value = None
-    if value not in allowed:
-        raise ValueError(f"dtype must be None, numpy.float32 or numpy.float64, got {dtype!r}.")
-    return value
 
 
 def read_only(X):

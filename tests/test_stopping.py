@@ -125,3 +125,26 @@ def test_no_stop_criterion_runs_max_iter_without_warning(phantom):
             n_components=2, tol=1.0, max_iter=30, no_stop_criterion=True, verbose=0
         ).fit(phantom.X)
     assert est.n_iter_ == 30
+
+
+def test_ctrl_c_ends_the_fit_on_the_last_complete_iterate(phantom, monkeypatch):
+    from espm_lite.solvers.smooth_kl import SmoothKL
+
+    X = phantom.X.T
+    params = dict(n_components=3, hspy_comp=True, random_state=0, verbose=0)
+    five = SmoothNMF(max_iter=5, no_stop_criterion=True, **params).fit(X)
+    step, calls = SmoothKL.step, []
+
+    def interrupted_step(self, problem, state):
+        calls.append(1)
+        if len(calls) == 6:  # Ctrl-C during the sixth pass over the data
+            state.A[:] = np.nan  # a half-done update that must not survive
+            raise KeyboardInterrupt
+        return step(self, problem, state)
+
+    monkeypatch.setattr(SmoothKL, "step", interrupted_step)
+    with pytest.warns(ConvergenceWarning, match="interrupted after iteration 5"):
+        est = SmoothNMF(**params).fit(X)
+    assert est.n_iter_ == 5
+    np.testing.assert_allclose(est.W_, five.W_, rtol=1e-12)
+    np.testing.assert_allclose(est.H_, five.H_, rtol=1e-12)

@@ -20,10 +20,11 @@ from sklearn.utils.validation import check_is_fitted
 from .. import kernels
 from .._diagnostics import warn_empty_phases
 from .._fixed import exact_fixed
-from .._initialization import INIT_METHODS
+from .._initialization import INIT_METHODS, generator
+from .._input import validate_input
 from .._loop import History, run
 from .._monitor import truth_monitor
-from .._problem import Problem, divide, evaluation_problem, prepare, validate_input
+from .._problem import Problem, divide, evaluation_problem, prepare
 from ..kernels.rows import ROW_CHANGE_TOL, ROW_MAX_PASSES, coefficient_rows
 from ..solvers import FitState, Solver
 from ..solvers._base import RowSolve
@@ -123,8 +124,10 @@ class NMFEstimator(
         the sparse path is the faster one (it is then converted to CSR once
         per fit, ``O(nnz)`` memory). A float replaces that threshold.
         ``True`` forces the sparse path; ``False`` the dense one (sparse input
-        is then densified block by block at each iteration, which is slow: for
-        comparisons only).
+        is then densified block by block at each iteration: for comparisons).
+    max_memory : int, str or None, default=None
+        Budget (bytes or ``"2GB"``; None: half the available memory) for a dask ``X``: kept
+        in memory (CSR when sparse) within it, else read at every pass (:mod:`espm_lite._lazy`).
     dtype : {None, numpy.float32, numpy.float64}, default=None
         Floating type of the computation. ``None`` keeps float32 input in
         float32 and computes everything else (float64, integers) in float64;
@@ -187,6 +190,7 @@ class NMFEstimator(
             StrOptions({"auto"}),
             Interval(numbers.Real, 0, 1, closed="right"),
         ],
+        "max_memory": [Interval(numbers.Real, 0, None, closed="neither"), str, None],
         "dtype": "no_validation",
     }
 
@@ -216,6 +220,7 @@ class NMFEstimator(
         simplex_H=False,
         simplex_W=True,
         sparse="auto",
+        max_memory=None,
         dtype=None,
     ):
         self.n_components = n_components
@@ -241,6 +246,7 @@ class NMFEstimator(
         self.simplex_H = simplex_H
         self.simplex_W = simplex_W
         self.sparse = sparse
+        self.max_memory = max_memory
         self.dtype = dtype
 
     # ------------------------------------------------------------------ hooks
@@ -485,11 +491,7 @@ class NMFEstimator(
 
     # -------------------------------------------------------------- internals
     def _rng(self) -> np.random.Generator:
-        """A Generator seeded from ``random_state`` (int, RandomState or None)."""
-        rs = self.random_state
-        if not isinstance(rs, np.random.RandomState):
-            rs = np.random.RandomState(rs)
-        return np.random.default_rng(rs.randint(np.iinfo(np.int32).max))
+        return generator(self.random_state)
 
     def _transform_input(self, X):
         """``X`` of :meth:`transform`: fitted estimator checked, validated, CSR if sparse."""

@@ -68,7 +68,7 @@ class ConvexNMF(FrobeniusNMF):
         of the pixels, ``A`` the cluster indicators plus 0.2 and ``B`` the
         same normalised per cluster (the spectra start near the centroids).
     tol, max_iter, random_state, verbose, debug, eval_print, true_D, true_H, \
-hspy_comp, no_stop_criterion, accelerate, dtype
+hspy_comp, no_stop_criterion, accelerate, max_memory, dtype
         See :class:`NMFEstimator`.
     shape_2d : (int, int) or None
         Accepted (HyperSpy fills it in) and checked, not used.
@@ -135,6 +135,7 @@ n_features_in_, data_path_
         hspy_comp=False,
         no_stop_criterion=False,
         accelerate=True,
+        max_memory=None,
         dtype=None,
     ):
         self.n_components = n_components
@@ -156,6 +157,7 @@ n_features_in_, data_path_
         self.hspy_comp = hspy_comp
         self.no_stop_criterion = no_stop_criterion
         self.accelerate = accelerate
+        self.max_memory = max_memory
         self.dtype = dtype
 
     def _intensity_factor(self) -> str:

@@ -128,7 +128,7 @@ class PNMF(NMFEstimator):
     max_iter : int, default=10000
     init, random_state, verbose, debug, G, log_shift, \
 eval_print, true_D, true_H, fixed_W, hspy_comp, no_stop_criterion, accelerate, simplex_W, \
-sparse, dtype
+sparse, max_memory, dtype
         See :class:`NMFEstimator`. ``random_state`` also seeds the draws of
         ``bound="mc"``; ``log_shift`` floors the spectra; the posterior
         parameters are float64 internally whatever ``dtype``.
@@ -233,6 +233,7 @@ sparse, dtype
         simplex_H=False,
         simplex_W=True,
         sparse="auto",
+        max_memory=None,
         dtype=None,
     ):
         super().__init__(
@@ -259,6 +260,7 @@ sparse, dtype
             simplex_H=simplex_H,
             simplex_W=simplex_W,
             sparse=sparse,
+            max_memory=max_memory,
             dtype=dtype,
         )
         self.bound = bound

@@ -53,7 +53,7 @@ class SmoothNMF(NMFEstimator):
     ----------
     n_components, init, tol, max_iter, random_state, verbose, debug, l2, G, \
 shape_2d, normalize, log_shift, eval_print, true_D, true_H, fixed_H, fixed_W, \
-hspy_comp, no_stop_criterion, accelerate, simplex_H, simplex_W, sparse, dtype
+hspy_comp, no_stop_criterion, accelerate, simplex_H, simplex_W, sparse, max_memory, dtype
         See :class:`NMFEstimator`.
     lambda_L : float, default=0.0
         Strength of the Laplacian smoothing of the maps on the grid ``shape_2d``
@@ -89,6 +89,8 @@ hspy_comp, no_stop_criterion, accelerate, simplex_H, simplex_W, sparse, dtype
     """
 
     _supports_mask = True
+    #: A dask array larger than ``max_memory`` is read at every pass (kernels.chunked).
+    _fits_chunks = True
 
     _parameter_constraints: dict = {
         **NMFEstimator._parameter_constraints,
@@ -136,6 +138,7 @@ hspy_comp, no_stop_criterion, accelerate, simplex_H, simplex_W, sparse, dtype
         dicotomy_tol=1e-5,
         gamma=None,
         sparse="auto",
+        max_memory=None,
         dtype=None,
     ):
         super().__init__(
@@ -162,6 +165,7 @@ hspy_comp, no_stop_criterion, accelerate, simplex_H, simplex_W, sparse, dtype
             simplex_H=simplex_H,
             simplex_W=simplex_W,
             sparse=sparse,
+            max_memory=max_memory,
             dtype=dtype,
         )
         self.lambda_L = lambda_L

@@ -56,7 +56,7 @@ class SNMF(FrobeniusNMF):
         cluster indicators plus 0.2, the spectra at the centroids (Ding et
         al.). ``W`` / ``H`` passed to :meth:`fit_transform` take precedence.
     tol, max_iter, random_state, verbose, debug, eval_print, true_D, true_H, \
-hspy_comp, no_stop_criterion, accelerate, dtype
+hspy_comp, no_stop_criterion, accelerate, max_memory, dtype
         See :class:`NMFEstimator`.
     G : array-like (n, m), callable or None
         Known matrix; ``W`` is signed, so ``G W`` may be any combination of
@@ -125,6 +125,7 @@ n_features_in_, data_path_, G_
         hspy_comp=False,
         no_stop_criterion=False,
         accelerate=True,
+        max_memory=None,
         dtype=None,
     ):
         self.n_components = n_components
@@ -145,6 +146,7 @@ n_features_in_, data_path_, G_
         self.hspy_comp = hspy_comp
         self.no_stop_criterion = no_stop_criterion
         self.accelerate = accelerate
+        self.max_memory = max_memory
         self.dtype = dtype
 
     def _check_settings(self, n_channels: int, n_pixels: int) -> None:

@@ -7,6 +7,7 @@ on the signal (``s.n_components_scores``, not saved to file) and plotted.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from ._options import _flat_mask
@@ -93,6 +94,7 @@ class NComponentsMixin:
 
     def _n_components_setup(self, algorithm, signal_mask, kwargs):
         """``(scoring estimator, masked data, shape_2d)`` of :meth:`estimate_n_components`."""
+        from .._lazy import in_memory, is_dask_array
         from ..estimators.smooth_nmf import SmoothNMF
         from ._options import resolve_estimator
 
@@ -103,7 +105,10 @@ class NComponentsMixin:
             estimator = resolve_estimator(algorithm or "SmoothNMF", 1, {"verbose": 0, **kwargs})
             self._espm_known_matrix(estimator, sig_mask)
             estimator.set_params(hspy_comp=True)
-        masked = self._espm_masked_data(None, sig_mask, None)
+        masked = self._espm_masked_data(None, sig_mask)
+        if is_dask_array(masked.X):  # the scoring fits share one copy in memory
+            reader = SmoothNMF(hspy_comp=True, sparse=False, verbose=0)
+            masked = dataclasses.replace(masked, X=in_memory(reader, masked.X))
         if estimator is None:  # the default of select_n_components, pixels as rows
             estimator = SmoothNMF(hspy_comp=True, verbose=0)
             shape_2d = self._espm_grid(estimator, masked.nav_shape, None)

@@ -166,7 +166,7 @@ def _check_hyperspy_keywords(kwargs: dict, lazy: bool) -> dict:
         "models Poisson variance",
         "svd_solver": "it is only used by algorithm='SVD'",
         "num_chunks": "it is only used by HyperSpy's incremental lazy algorithms; espm_lite "
-        "computes a lazy signal into memory",
+        "reads a lazy signal in its own chunks",
     }
     for name, why in refused.items():
         if name in kwargs:

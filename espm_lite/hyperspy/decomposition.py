@@ -27,8 +27,8 @@ Details of ``decomposition``'s arguments:
   of the signal's elements (``EDS_espm_lite`` signals, see ``build_G``);
   masked channels are dropped from any ``G``.  HyperSpy's own keywords:
   ``copy`` and ``auto_transpose`` are accepted (no effect: the data are never
-  modified), ``get`` (lazy signals) is the dask scheduler used to compute the
-  data; ``centre``, ``reproject``, ``var_array``, ``var_func``,
+  modified), ``get`` (lazy signals) is the dask scheduler that reads the
+  chunks; ``centre``, ``reproject``, ``var_array``, ``var_func``,
   ``svd_solver`` and ``num_chunks`` are refused unless None.
 
 The algorithm names and argument checks live in :mod:`espm_lite.hyperspy._options`, what is
@@ -38,9 +38,11 @@ their public names are re-exported here.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import warnings
+from typing import Any
 
 import numpy as np
 
@@ -79,7 +81,7 @@ _logger = logging.getLogger(__name__)
 class _MaskedData:
     """The data to fit, ``X`` (unmasked pixels x unmasked channels), and where it lies."""
 
-    X: np.ndarray
+    X: Any  # ndarray, or a dask array for lazy signals
     nav_shape: tuple[int, ...]
     n_pixels: int
     n_channels: int
@@ -221,8 +223,8 @@ class EspmDecompositionMixin(NComponentsMixin):
         for name in [key for key in vars(self.learning_results) if key.startswith("espm_")]:
             delattr(self.learning_results, name)
 
-    def _espm_data(self, scheduler=None) -> np.ndarray:
-        """The data as an in-memory array (the lazy classes compute it)."""
+    def _espm_data(self):
+        """The data array (a dask array for the lazy classes)."""
         return self.data
 
     def _espm_decomposition(
@@ -236,11 +238,12 @@ class EspmDecompositionMixin(NComponentsMixin):
     ):
         """Fit ``estimator`` to the unmasked data and store the results in ``learning_results``."""
         signal_mask = self._espm_signal_mask(estimator, signal_mask)
-        masked = self._espm_masked_data(navigation_mask, signal_mask, scheduler)
-        self._espm_known_matrix(estimator, masked.sig_mask)
-        shape_2d = self._espm_grid(estimator, masked.nav_shape, masked.nav_mask)
-        estimator.set_params(hspy_comp=True, shape_2d=shape_2d)
-        loadings, params = self._espm_fit(estimator, masked.X, print_info)
+        masked = self._espm_masked_data(navigation_mask, signal_mask)
+        with _dask_scheduler(scheduler):
+            self._espm_known_matrix(estimator, masked.sig_mask)
+            shape_2d = self._espm_grid(estimator, masked.nav_shape, masked.nav_mask)
+            estimator.set_params(hspy_comp=True, shape_2d=shape_2d)
+            loadings, params = self._espm_fit(estimator, masked.X, print_info)
         self._espm_store(estimator, loadings, params, masked)
         _logger.log(
             logging.INFO if print_info else logging.DEBUG,
@@ -257,8 +260,8 @@ class EspmDecompositionMixin(NComponentsMixin):
         extra = getattr(self, "_edx_signal_mask", None)
         return signal_mask if extra is None else extra(estimator, signal_mask)
 
-    def _espm_masked_data(self, navigation_mask, signal_mask, scheduler) -> _MaskedData:
-        """Check the signal's shape and the masks; the data to fit, in memory."""
+    def _espm_masked_data(self, navigation_mask, signal_mask) -> _MaskedData:
+        """Check the signal's shape and the masks; the data to fit (lazy if the signal is)."""
         if self.axes_manager.signal_dimension != 1:
             raise ValueError(
                 "espm_lite decompositions need a 1-D signal (spectra); this signal has "
@@ -275,13 +278,13 @@ class EspmDecompositionMixin(NComponentsMixin):
         n_pixels = int(np.prod(nav_shape))
         nav_mask = _flat_mask(navigation_mask, nav_shape, "navigation_mask")
         sig_mask = _flat_mask(signal_mask, (n_channels,), "signal_mask")
-        data = self._espm_data(scheduler)
         # Signal axis last in array order for Signal1D: (pixels, channels) is a view.
-        matrix = np.asarray(data).reshape(n_pixels, n_channels)
-        keep_rows = slice(None) if nav_mask is None else ~nav_mask
-        keep_cols = slice(None) if sig_mask is None else ~sig_mask
+        matrix = self._espm_data().reshape(n_pixels, n_channels)
+        # Integer indices: a dask array then keeps known chunk sizes.
+        keep_rows = slice(None) if nav_mask is None else np.flatnonzero(~nav_mask)
+        keep_cols = slice(None) if sig_mask is None else np.flatnonzero(~sig_mask)
         X = matrix[keep_rows][:, keep_cols] if sig_mask is not None else matrix[keep_rows]
-        if X.size == 0:
+        if 0 in X.shape:
             raise ValueError("All the data are masked: change navigation_mask / signal_mask.")
         return _MaskedData(
             X, nav_shape, n_pixels, n_channels, nav_mask, sig_mask, keep_rows, keep_cols
@@ -411,3 +414,12 @@ class EspmDecompositionMixin(NComponentsMixin):
         None after any other decomposition or a blind source separation.
         """
         return getattr(self, "_espm_estimator", None)
+
+
+def _dask_scheduler(scheduler):
+    """A context in which dask computes with ``scheduler`` (HyperSpy's ``get``), if given."""
+    if scheduler is None:
+        return contextlib.nullcontext()
+    import dask
+
+    return dask.config.set(scheduler=scheduler)

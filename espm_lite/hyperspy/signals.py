@@ -12,14 +12,14 @@
   cathodoluminescence, Raman...): a ``Signal1D`` with the same
   ``decomposition``.
 
-Each has a lazy twin that computes the data into memory before fitting an
-espm_lite estimator (out-of-core fitting is not available yet).
+Each has a lazy twin, whose dask array the estimator reads chunk by chunk:
+once, kept compressed when the counts are sparse, within the estimator's
+``max_memory``, or at every pass beyond it (:mod:`espm_lite._lazy`).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from contextlib import contextmanager
 
@@ -38,36 +38,10 @@ from .decomposition import EspmDecompositionMixin
 
 _logger = logging.getLogger(__name__)
 
-#: Fraction of the available memory a lazy signal may take once computed.
-LAZY_MEMORY_FRACTION = 0.5
-
-
-def _available_memory() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-
 
 class LazyEspmDecompositionMixin(EspmDecompositionMixin):
-    """Lazy variant: espm_lite estimators fit the data computed into memory."""
-
-    def _espm_data(self, scheduler=None) -> np.ndarray:
-        needed = int(np.prod(self.data.shape)) * max(self.data.dtype.itemsize, 8) * 2
-        available = _available_memory()
-        if available is not None and needed > LAZY_MEMORY_FRACTION * available:
-            raise MemoryError(
-                f"This lazy signal needs about {needed / 1e9:.1f} GB in memory to be fitted "
-                f"by espm_lite ({available / 1e9:.1f} GB available); out-of-core fitting is "
-                "not supported yet: crop or rebin the signal first."
-            )
-        _logger.info(
-            "espm_lite: computing the lazy signal into memory (%.2f GB) before fitting.",
-            self.data.nbytes / 1e9,
-        )
-        if scheduler is not None:
-            return np.asarray(self.data.compute(scheduler=scheduler))
-        return np.asarray(self.data.compute())
+    """Lazy variant: the estimator is given the dask array (``self.data``), which it
+    reads chunk by chunk (:mod:`espm_lite._lazy`)."""
 
 
 #: Why a bulk (SEM) signal is not quantified with the thin-film EDX model.

@@ -56,6 +56,7 @@ from .sparse_data import (
     data_sum,
     dense_block,
     density,
+    density_threshold,
     prepare_data,
     xlogx_sum,
 )
@@ -81,6 +82,7 @@ __all__ = [
     "data_sum",
     "dense_block",
     "density",
+    "density_threshold",
     "grid_laplacian",
     "mu_update",
     "num_threads",

@@ -48,8 +48,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, replace
 from functools import partial
 
 import numpy as np
@@ -59,6 +59,7 @@ from threadpoolctl import ThreadpoolController
 
 from . import missing as _missing
 from ._array_ops import ArrayOps
+from .chunked import BandView, ChunkedData
 from .sparse_data import SparseData, SparseRowBlock, dense_block
 
 #: Size in bytes of one block of data rows processed at once by :func:`data_pass`
@@ -266,12 +267,22 @@ def _setup(
     )
 
 
-def _run_blocks(ctx: _PassContext) -> list[tuple[float, np.ndarray | None, np.ndarray | None]]:
+def _run_blocks(
+    ctx: _PassContext, offset: int = 0
+) -> list[tuple[float, np.ndarray | None, np.ndarray | None]]:
     """Split the data into blocks and run them on :func:`num_threads` threads.
 
     Thread ``i`` takes blocks ``i, i + threads, ...``; the results come back
-    in thread order, so that their sum does not depend on scheduling.
+    in thread order, so that their sum does not depend on scheduling. Data on
+    disk (:class:`~espm_lite.kernels.chunked.ChunkedData`) are run band by
+    band, ``offset`` being the first row of the band.
     """
+    if isinstance(ctx.X, ChunkedData):  # data on disk: the blocks of each band in turn
+        results = []
+        for rows, values in ctx.X.iter_bands():
+            band = replace(ctx, X=BandView(values, rows.start))
+            results.extend(_run_blocks(band, offset=rows.start))
+        return results
     sparse = isinstance(ctx.X, SparseData)
     ops = ctx.ops
     if sparse:
@@ -280,7 +291,11 @@ def _run_blocks(ctx: _PassContext) -> list[tuple[float, np.ndarray | None, np.nd
         p, n = ctx.X.shape
         block_bytes = BLOCK_BYTES if ops.numpy else DEVICE_BLOCK_BYTES
         itemsize = ctx.xp.finfo(ctx.dtype).bits // 8
-        blocks, run = row_blocks(p, n, itemsize, block_bytes), _dense_blocks
+        blocks = [
+            slice(b.start + offset, b.stop + offset)
+            for b in row_blocks(p, n, itemsize, block_bytes)
+        ]
+        run = _dense_blocks
     run = partial(run, ctx)
     # Threads for NumPy, which releases the GIL; other libraries parallelise themselves.
     threads = min(num_threads(), len(blocks)) if ops.numpy else 1
@@ -292,7 +307,14 @@ def _run_blocks(ctx: _PassContext) -> list[tuple[float, np.ndarray | None, np.nd
         if threads <= 1:
             return [run(blocks)]
         parts = [blocks[i::threads] for i in range(threads)]
-        return list(_executor().map(run, parts))
+        futures = [_executor().submit(run, part) for part in parts]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:  # Ctrl-C: no thread may write the maps once this returns
+            for future in futures:
+                future.cancel()
+            wait(futures)
+            raise
 
 
 def _l2_terms(ctx: _PassContext, Xb, Ab, nb: int):

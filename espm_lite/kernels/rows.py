@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .chunked import ChunkedData
 from .data_pass import data_pass
 from .newton_rows import newton_rows
 from .simplex import mu_update
@@ -147,6 +148,10 @@ def coefficient_rows(
     -------
     ndarray (r, k) in the dtype of ``basis``
     """
+    if isinstance(X, ChunkedData):  # data on disk: each band's rows in turn
+        options = dict(floor=floor, loss=loss, simplex=simplex, sparsity=sparsity, linear=linear)
+        options.update(sparse=sparse, max_passes=max_passes, change_tol=change_tol)
+        return _by_bands(X, basis, start, dict(options, simplex_tol=simplex_tol))
     if start is None:
         start = least_squares_start(X, basis, floor)
         if simplex:
@@ -172,3 +177,12 @@ def coefficient_rows(
     return solve_rows(
         data, C, basis, update, loss=loss, max_passes=max_passes, change_tol=change_tol
     )
+
+
+def _by_bands(X: ChunkedData, basis: np.ndarray, start, options: dict) -> np.ndarray:
+    """:func:`coefficient_rows` of data left on disk, band by band (rows are independent)."""
+    parts = [
+        coefficient_rows(values, basis, start=None if start is None else start[rows], **options)
+        for rows, values in X.iter_bands()
+    ]
+    return np.concatenate(parts, axis=0)

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from .chunked import BandView, ChunkedData
+
 #: Number of stored entries per row block of the sparse path of
 #: :func:`~espm_lite.kernels.data_pass`.
 SPARSE_BLOCK_NNZ = 1 << 18
@@ -48,6 +50,8 @@ def dense_block(X, rows: slice) -> np.ndarray:
     densified, which is what the dense path does with sparse data it was
     forced to take.
     """
+    if isinstance(X, BandView):  # one band of data read from disk
+        return X.values[rows.start - X.start : rows.stop - X.start]
     if isinstance(X, DensifiedRows):
         X = X.csr
     if sp.issparse(X):
@@ -175,25 +179,13 @@ def density(X) -> float:
     return np.count_nonzero(X) / size
 
 
-def choose_path(X, sparse="auto") -> str:
-    """Which path of :func:`~espm_lite.kernels.data_pass` suits ``X``: ``"sparse"`` / ``"dense"``.
+def density_threshold(dtype, sparse="auto") -> float:
+    """Density below which dense data of ``dtype`` take the sparse path (see :func:`choose_path`).
 
-    Parameters
-    ----------
-    X : ndarray or sparse matrix
-    sparse : {"auto", True, False} or float in (0, 1]
-        ``True`` / ``False`` force the path.  ``"auto"``: sparse matrices take
-        the sparse path, dense arrays take it when their density is below
-        :data:`SPARSE_DENSITY_THRESHOLD` (float64) or
-        :data:`SPARSE_DENSITY_THRESHOLD_FLOAT32`; a float is used as that
-        threshold for dense arrays of either type.
-
-    Returns
-    -------
-    str
+    ``sparse=True`` gives ``inf`` (always sparse), ``False`` gives 0 (never).
     """
     if sparse is True or sparse is False:
-        return "sparse" if sparse else "dense"
+        return np.inf if sparse else 0.0
     if isinstance(sparse, str):
         if sparse != "auto":
             raise ValueError(
@@ -205,15 +197,35 @@ def choose_path(X, sparse="auto") -> str:
         # name) takes effect.
         from .. import kernels
 
-        threshold = (
-            kernels.SPARSE_DENSITY_THRESHOLD_FLOAT32
-            if X.dtype == np.float32
-            else kernels.SPARSE_DENSITY_THRESHOLD
-        )
-    else:
-        threshold = float(sparse)
-        if not 0 < threshold <= 1:
-            raise ValueError(f"sparse as a density threshold must be in (0, 1], got {sparse!r}.")
+        if np.dtype(dtype) == np.float32:
+            return kernels.SPARSE_DENSITY_THRESHOLD_FLOAT32
+        return kernels.SPARSE_DENSITY_THRESHOLD
+    threshold = float(sparse)
+    if not 0 < threshold <= 1:
+        raise ValueError(f"sparse as a density threshold must be in (0, 1], got {sparse!r}.")
+    return threshold
+
+
+def choose_path(X, sparse="auto") -> str:
+    """Which path of :func:`~espm_lite.kernels.data_pass` suits ``X``: ``"sparse"`` / ``"dense"``.
+
+    Parameters
+    ----------
+    X : ndarray or sparse matrix
+    sparse : {"auto", True, False} or float in (0, 1]
+        ``True`` / ``False`` force the path.  ``"auto"``: sparse matrices take
+        the sparse path, dense arrays take it when their density is below
+        :data:`SPARSE_DENSITY_THRESHOLD` (float64) or
+        :data:`SPARSE_DENSITY_THRESHOLD_FLOAT32`; a float is used as that
+        threshold for dense arrays of either type (:func:`density_threshold`).
+
+    Returns
+    -------
+    str
+    """
+    threshold = density_threshold(X.dtype, sparse)
+    if sparse is True or sparse is False:
+        return "sparse" if sparse else "dense"
     if sp.issparse(X):
         return "sparse"
     return "sparse" if density(X) < threshold else "dense"
@@ -261,6 +273,8 @@ def data_constants(X, loss: str) -> tuple[float, float]:
 
     KL: ``(sum X log X, sum X)``; Frobenius: ``(||X||^2, 0)``.
     """
+    if isinstance(X, ChunkedData):
+        return X.constants(loss)
     if loss == "l2":
         values = _values(X)
         return float(np.vdot(values, values)), 0.0

@@ -35,6 +35,7 @@ import numpy as np
 
 from .. import kernels
 from .._problem import Problem
+from ..kernels.chunked import ChunkedData
 from ..kernels.rows import coefficient_rows
 from ._base import (
     FitState,
@@ -177,6 +178,8 @@ class SmoothKL(Solver):
         else:
             if problem.G is not None or problem.fixed.W_mask is not None:
                 return None  # spectra through G are not solved channel by channel
+            if isinstance(problem.X, ChunkedData):
+                return None  # channels as rows would need every pixel of a channel at once
             maps = np.maximum(state.A, problem.floor)
             W = coefficient_rows(channels_as_rows(problem), maps, floor=problem.floor)
             updates = {"W": W}

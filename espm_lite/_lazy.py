@@ -1,0 +1,274 @@
+r"""Dask arrays as estimator input: streamed once into memory, compressed when sparse.
+
+A spectrum image larger than memory usually arrives as a dask array (a lazy
+HyperSpy signal, or ``dask.array.from_zarr`` / ``from_array`` over an HDF5
+dataset).  Low-dose counts are mostly zeros, and the KL passes over the data
+only need the stored entries (:mod:`espm_lite.kernels.sparse_data`), so
+:func:`in_memory` reads the array once, band of pixels by band of pixels, and
+keeps each band as a CSR matrix:
+
+* each band (one row of dask chunks of the pixels-x-channels layout) is
+  computed where the active dask scheduler runs it (threads, processes or the
+  workers of a ``dask.distributed`` cluster, which then read the data
+  themselves) and turned into CSR there, so only the compressed band travels;
+* every band is checked on the way (finite, and non-negative for count
+  models), with the error naming the band;
+* the bands are kept while their total stays within the memory budget
+  (``max_memory``), then joined into one CSR matrix that the in-memory sparse
+  path fits: the same iterates as a fit of the same data in memory.
+
+When the data are too dense for the sparse path (see
+:func:`espm_lite.kernels.density_threshold`) they are kept dense if that fits
+the budget.  Data that fit neither way stay on disk: SmoothNMF then reads them
+at every pass (:class:`espm_lite.kernels.chunked.ChunkedData`, exact passes
+over the chunks); the other estimators raise a ``MemoryError`` naming the
+budget.
+
+Memory: at most ``2 x`` the compressed size while the bands are joined, plus
+the dense bands being computed (one per scheduler thread).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import numpy as np
+import scipy.sparse as sp
+from tqdm.auto import tqdm
+
+from .kernels.chunked import ChunkedData
+from .kernels.sparse_data import density_threshold
+
+_logger = logging.getLogger(__name__)
+
+#: Fraction of the available memory that ``max_memory=None`` allows.
+MEMORY_FRACTION = 0.5
+
+
+def is_dask_array(X) -> bool:
+    """Whether ``X`` is a ``dask.array.Array`` (without importing dask)."""
+    dask_array = sys.modules.get("dask.array")
+    return dask_array is not None and isinstance(X, dask_array.Array)
+
+
+def available_memory() -> int | None:
+    """Bytes of physical memory available now (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def memory_budget(max_memory) -> int:
+    """``max_memory`` in bytes: an int, a string such as ``"2GB"`` or None.
+
+    None is :data:`MEMORY_FRACTION` of the available memory (4 GiB where the
+    system does not say).
+    """
+    if max_memory is None:
+        available = available_memory()
+        return int(MEMORY_FRACTION * available) if available else 4 << 30
+    if isinstance(max_memory, str):
+        from dask.utils import parse_bytes
+
+        try:
+            return int(parse_bytes(max_memory))
+        except ValueError as error:
+            raise ValueError(
+                f"max_memory must be a number of bytes or a size such as '2GB', got {max_memory!r}."
+            ) from error
+    if isinstance(max_memory, bool) or not isinstance(max_memory, (int, np.integer, float)):
+        raise TypeError(f"max_memory must be an int, a string or None, got {max_memory!r}.")
+    if not max_memory > 0:
+        raise ValueError(f"max_memory must be positive, got {max_memory!r}.")
+    return int(max_memory)
+
+
+def in_memory(estimator, X, *, where: str = "input X"):
+    """``X`` itself, or for a dask array its values in memory (CSR when sparse).
+
+    Parameters
+    ----------
+    estimator : NMFEstimator
+        Read for ``hspy_comp`` (which axis holds the pixels), ``dtype``,
+        ``sparse``, ``max_memory``, ``verbose`` and whether it takes signed data.
+    X : array-like, sparse matrix or dask array
+        In the estimator's orientation.
+    where : str
+        Named in error messages.
+
+    Returns
+    -------
+    ndarray or sparse matrix
+        In the orientation of ``X``; a CSR matrix (CSC when the pixels are the
+        columns) when the data go to the sparse path.
+
+    Raises
+    ------
+    ValueError
+        ``X`` not 2-D, not finite, or negative for a count model.
+    MemoryError
+        The data fit ``max_memory`` neither compressed nor dense.
+    """
+    if not is_dask_array(X):
+        return X
+    if X.ndim != 2:
+        raise ValueError(f"{where} must be 2-D, got a dask array of shape {X.shape}.")
+    budget = memory_budget(getattr(estimator, "max_memory", None))
+    dtype = _dtype(estimator, X.dtype)
+    pixels_first = bool(estimator.hspy_comp)
+    Xi = _banded(X if pixels_first else X.T, dtype.itemsize, budget)
+    check_sign = bool(estimator._non_negative_input)
+    name = f"{type(estimator).__name__} {where}"
+    csr = None
+    if estimator._uses_data_pass and estimator.sparse is not False:
+        csr = _stream_csr(Xi, dtype, budget, check_sign, name, estimator.verbose)
+    p, n = csr.shape if csr is not None else Xi.shape
+    dense_bytes = p * n * dtype.itemsize if np.isfinite(p) else None
+    if csr is not None:
+        threshold = density_threshold(dtype, estimator.sparse)
+        if csr.nnz < threshold * p * n or dense_bytes > budget:
+            _logger.info(
+                "%s: dask array streamed into CSR (%d stored entries, %.3g GB).",
+                name,
+                csr.nnz,
+                _csr_bytes(csr) / 1e9,
+            )
+            return csr if pixels_first else csr.T
+        dense = csr.toarray()
+    elif dense_bytes is not None and dense_bytes <= budget:
+        dense = _stream_dense(Xi, dtype, check_sign, name, estimator.verbose)
+    elif getattr(estimator, "_fits_chunks", False):
+        _logger.info("%s: the dask array stays on disk, read band by band at every pass.", name)
+        return ChunkedData(
+            Xi,
+            dtype,
+            n_features=X.shape[1],
+            where=name,
+            check_sign=check_sign,
+            verbose=estimator.verbose,
+        )
+    else:
+        raise MemoryError(
+            f"{name}: the dask array of shape {X.shape} fits max_memory={budget / 1e9:.3g} GB "
+            f"neither as a sparse (CSR) matrix nor dense, and {type(estimator).__name__} "
+            "cannot read it at every pass (SmoothNMF can): raise max_memory, crop or bin the "
+            "data, or fit a part and use transform on the rest."
+        )
+    _logger.info("%s: dask array computed into memory (dense, %.3g GB).", name, dense.nbytes / 1e9)
+    return dense if pixels_first else dense.T
+
+
+def _dtype(estimator, dtype) -> np.dtype:
+    """The floating type the fit will compute in (as ``validate_input`` chooses it)."""
+    if estimator.dtype is not None:
+        return np.dtype(estimator.dtype)
+    return np.dtype(np.float32) if np.dtype(dtype) == np.float32 else np.dtype(np.float64)
+
+
+#: Largest fraction of the budget one band (a row of chunks, all channels, in memory) takes.
+BAND_FRACTION = 1 / 8
+
+
+def _banded(Xi, itemsize: int, budget: int):
+    """``Xi`` with whole rows of channels per chunk, each band within :data:`BAND_FRACTION`
+    of the budget (chunks that split the channels, or bands too large, are rechunked)."""
+    n = Xi.shape[1]
+    rows = max(Xi.chunks[0]) if Xi.chunks[0] else 0
+    too_large = np.isfinite(rows) and rows * n * itemsize > BAND_FRACTION * budget
+    if too_large:
+        rows = max(1, int(BAND_FRACTION * budget) // max(1, n * itemsize))
+        return Xi.rechunk({0: rows, 1: -1})
+    return Xi.rechunk({1: -1}) if Xi.numblocks[1] > 1 else Xi
+
+
+def _bands(Xi) -> list:
+    """The rows of dask chunks of ``Xi`` (each band: all its channels)."""
+    return [Xi.blocks[i] for i in range(Xi.numblocks[0])]
+
+
+def _groups(bands: list, verbose) -> list[list]:
+    """Bands in groups computed together (one per scheduler thread), with a progress bar."""
+    size = max(1, min(os.cpu_count() or 1, 16))
+    groups = [bands[i : i + size] for i in range(0, len(bands), size)]
+    return tqdm(groups, desc="espm_lite: reading chunks", disable=not verbose, leave=False)
+
+
+def _stream_csr(Xi, dtype, budget: int, check_sign: bool, name: str, verbose):
+    """``Xi`` (p, n) as one CSR matrix, or None as soon as it exceeds ``budget`` bytes."""
+    import dask
+
+    parts: list[sp.csr_matrix] = []
+    stored = 0
+    for group in _groups(_bands(Xi), verbose):
+        tasks = [dask.delayed(_band_csr)(band, dtype, check_sign, name) for band in group]
+        for part in dask.compute(*tasks):
+            parts.append(part)
+            stored += _csr_bytes(part)
+        if 2 * stored > budget:  # the join needs the parts and the result at once
+            _logger.info("%s: more than max_memory as CSR; not compressed.", name)
+            return None
+    return _join(parts, dtype)
+
+
+def _stream_dense(Xi, dtype, check_sign: bool, name: str, verbose) -> np.ndarray:
+    """``Xi`` (p, n) computed band by band into one dense array."""
+    import dask
+
+    parts = []
+    for group in _groups(_bands(Xi), verbose):
+        tasks = [dask.delayed(_checked)(band, dtype, check_sign, name) for band in group]
+        parts.extend(dask.compute(*tasks))
+    return np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+
+
+def _checked(band, dtype, check_sign: bool, name: str) -> np.ndarray:
+    """One band as an array of ``dtype``, checked finite (and non-negative)."""
+    values = np.asarray(band)
+    if values.ndim != 2:
+        raise ValueError(f"{name}: a band of the dask array has shape {values.shape}.")
+    values = values.astype(dtype, copy=False)
+    if not np.isfinite(values).all():
+        raise ValueError(f"{name} contains NaN or infinity (dask array).")
+    if check_sign and (values < 0).any():
+        raise ValueError(
+            f"Negative values in data passed to {name}: counts must be non-negative (dask array)."
+        )
+    return values
+
+
+def _band_csr(band, dtype, check_sign: bool, name: str) -> sp.csr_matrix:
+    """One band checked (:func:`_checked`) and compressed (runs where the band is read)."""
+    matrix = sp.csr_matrix(_checked(band, dtype, check_sign, name))
+    matrix.indices = matrix.indices.astype(np.int32, copy=False)
+    matrix.indptr = matrix.indptr.astype(np.int64, copy=False)
+    return matrix
+
+
+def _csr_bytes(matrix: sp.csr_matrix) -> int:
+    return matrix.data.nbytes + matrix.indices.nbytes + matrix.indptr.nbytes
+
+
+def _join(parts: list[sp.csr_matrix], dtype) -> sp.csr_matrix:
+    """The bands stacked into one canonical CSR matrix (index arrays copied once)."""
+    n = parts[0].shape[1]
+    p = sum(part.shape[0] for part in parts)
+    nnz = sum(part.nnz for part in parts)
+    index_dtype = np.int32 if max(nnz, n) < np.iinfo(np.int32).max else np.int64
+    data = np.empty(nnz, dtype=dtype)
+    indices = np.empty(nnz, dtype=index_dtype)
+    indptr = np.empty(p + 1, dtype=index_dtype)
+    indptr[0] = 0
+    row = at = 0
+    while parts:
+        part = parts.pop(0)  # freed once copied
+        rows, stored = part.shape[0], part.nnz
+        data[at : at + stored] = part.data
+        indices[at : at + stored] = part.indices
+        indptr[row + 1 : row + rows + 1] = part.indptr[1:] + at
+        row, at = row + rows, at + stored
+    matrix = sp.csr_matrix((data, indices, indptr), shape=(p, n), copy=False)
+    matrix.has_canonical_format = True  # each band was canonical, bands are row-disjoint
+    return matrix

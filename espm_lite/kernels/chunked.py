@@ -1,0 +1,185 @@
+r"""Data left on disk: a dask array read band by band at every pass (exact out-of-core fits).
+
+When a dask array fits the memory budget neither compressed nor dense
+(:mod:`espm_lite._lazy`), the fit reads it at every pass instead:
+:class:`ChunkedData` wraps it in the internal pixels-x-channels layout, split
+into *bands* (rows of chunks, each with all the channels), and
+
+* :func:`~espm_lite.kernels.data_pass` runs its usual blocks inside each band
+  in turn, the next band being read (by the active dask scheduler: threads,
+  processes or a ``dask.distributed`` cluster) while the current one is used;
+* the final exact row solve (:func:`~espm_lite.kernels.rows.coefficient_rows`)
+  solves each band's pixels in turn;
+* the start (NNDSVD) takes the randomized SVD of dask
+  (``dask.array.linalg.svd_compressed``), and the constants of the data term,
+  the data scale and the checks of the values (finite, non-negative) come from
+  one first pass (:meth:`ChunkedData.summary`).
+
+Only the factors, two bands and the per-block temporaries are in memory.  The
+iterates are those of the in-memory dense path up to the order of the sums
+(blocks do not cross band borders), so the fits agree to rounding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm.auto import tqdm
+
+
+@dataclass(frozen=True)
+class ChunkSummary:
+    """What the first pass over the data gives (raw values, before any scale)."""
+
+    pixel_sums: np.ndarray  # (p,) sum of |x| over the channels of each pixel
+    total: float  # sum x
+    xlogx: float  # sum x log x (0 log 0 = 0)
+    squares: float  # sum x^2
+    nonzero: int
+
+
+class ChunkedData:
+    """A dask array ``(p, n)``, pixels as rows, divided by ``scale`` as it is read.
+
+    Parameters
+    ----------
+    array : dask.array.Array (p, n)
+        Rechunked to whole rows if its chunks split the channels.
+    dtype : numpy dtype
+        Floating type of the values handed to the passes.
+    n_features : int
+        Columns of the data in the caller's orientation (``n_features_in_``).
+    where : str
+        Named in the errors of the value checks.
+    check_sign : bool
+        Refuse negative values (count models).
+    verbose : int
+        Progress bar over the chunks of the first pass.
+    """
+
+    def __init__(
+        self, array, dtype, *, n_features: int, where: str, check_sign: bool = True, verbose=0
+    ):
+        if array.numblocks[1] > 1:
+            array = array.rechunk({1: -1})
+        self.array = array
+        self.dtype = np.dtype(dtype)
+        self.n_features = int(n_features)
+        self.where = where
+        self.check_sign = check_sign
+        self.verbose = verbose
+        self.scale = 1.0
+        offsets = np.cumsum((0, *array.chunks[0]))
+        self.bands = [slice(int(a), int(b)) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+        self._cache: dict = {}  # shared with the divided copies: the summary of the raw values
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(int(s) for s in self.array.shape)
+
+    def divided(self, scale: float) -> ChunkedData:
+        """The same data divided by ``scale`` (read from the same array; no pass)."""
+        out = ChunkedData.__new__(ChunkedData)
+        out.__dict__.update(self.__dict__)
+        out.scale = self.scale * float(scale)
+        return out
+
+    # ---------------------------------------------------------------- reads
+    def band(self, i: int) -> np.ndarray:
+        """Band ``i`` (its rows, all channels) in memory, cast and divided like dense data."""
+        values = np.asarray(self.array.blocks[i].compute(), dtype=self.dtype)
+        return values if self.scale == 1.0 else values / self.dtype.type(self.scale)
+
+    def iter_bands(self) -> Iterator[tuple[slice, np.ndarray]]:
+        """``(rows, values)`` of every band in order, the next band read meanwhile."""
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="espm_lite_read") as reader:
+            pending = reader.submit(self.band, 0) if self.bands else None
+            for i, rows in enumerate(self.bands):
+                values = pending.result()
+                if i + 1 < len(self.bands):
+                    pending = reader.submit(self.band, i + 1)
+                yield rows, values
+
+    def summary(self) -> ChunkSummary:
+        """One pass over the raw values: checks and sums (cached)."""
+        if "summary" not in self._cache:
+            raw = self.divided(1.0)
+            raw.scale = 1.0
+            sums, total, xlogx, squares, nonzero = [], 0.0, 0.0, 0.0, 0
+            bands = tqdm(
+                raw.iter_bands(),
+                total=len(self.bands),
+                desc="espm_lite: first pass over the chunks",
+                disable=not self.verbose,
+                leave=False,
+            )
+            for _, values in bands:
+                self._check(values)
+                sums.append(np.abs(values).sum(axis=1, dtype=np.float64))
+                positive = values[values > 0].astype(np.float64)
+                total += float(values.sum(dtype=np.float64))
+                xlogx += float(np.dot(positive, np.log(positive)))
+                squares += float(np.vdot(values, values))
+                nonzero += int(np.count_nonzero(values))
+            summary = ChunkSummary(np.concatenate(sums), total, xlogx, squares, nonzero)
+            self._cache["summary"] = summary
+        return self._cache["summary"]
+
+    def _check(self, values: np.ndarray) -> None:
+        if not np.isfinite(values).all():
+            raise ValueError(f"{self.where} contains NaN or infinity (dask array).")
+        if self.check_sign and (values < 0).any():
+            raise ValueError(
+                f"Negative values in data passed to {self.where}: counts must be non-negative "
+                "(dask array)."
+            )
+
+    # ------------------------------------------------- what the fit asks of it
+    def data_scale(self) -> float:
+        """Mean over pixels of the summed absolute values (1 when all zero)."""
+        sums = self.summary().pixel_sums
+        if not np.isfinite(sums).all():
+            raise ValueError(
+                "X is too large: the sum over the channels of a pixel overflows float64, so "
+                "the maps cannot be represented; divide X by a constant first."
+            )
+        mean = float(sums.mean()) if sums.size else 0.0
+        return mean if mean > 0 else 1.0
+
+    def any(self) -> bool:
+        return self.summary().nonzero > 0
+
+    def constants(self, loss: str) -> tuple[float, float]:
+        """:func:`~espm_lite.kernels.data_constants` of the divided data, from :meth:`summary`."""
+        s, summary = self.scale, self.summary()
+        if loss == "l2":
+            return summary.squares / (s * s), 0.0
+        total = summary.total / s
+        return summary.xlogx / s - np.log(s) * total, total
+
+    def sum(self, dtype=np.float64) -> float:
+        return self.summary().total / self.scale
+
+    def randomized_svd(self, k: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(U, S, Vt)`` of rank ``k`` by dask's randomized SVD (a few passes)."""
+        import dask
+        import dask.array as da
+
+        scaled = self.array.astype(self.dtype) / self.dtype.type(self.scale)
+        u, s, vt = da.linalg.svd_compressed(scaled, k, n_power_iter=2, seed=seed, compute=False)
+        return tuple(np.asarray(part) for part in dask.compute(u, s, vt))
+
+
+@dataclass(frozen=True)
+class BandView:
+    """The values of one band and the first row they start at (for :func:`dense_block`)."""
+
+    values: np.ndarray
+    start: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.values.shape
