@@ -19,7 +19,10 @@ Run ``python benchmarks/bench_out_of_core.py [--size 512] [--channels 2048]
      (:mod:`espm_lite.kernels.chunked`);
    * ``in memory (CSR)``: the same data read into a CSR matrix first, then
      fitted (the in-memory sparse path);
-   * ``crop in memory``: a 128 x 128 crop as a dense array.
+   * ``crop in memory``: a 128 x 128 crop as a dense array;
+   * ``in memory (dense)`` (``--every-pass``): the whole data as a dense
+     float64 array on the dense path, the reference of the case read at every
+     pass.
 
 Each case is one fit of ``iters`` iterations (``no_stop_criterion``):
 ``ms/it`` is the wall time of the iteration loop divided by ``iters``;
@@ -114,6 +117,13 @@ def run_case(case: str, path: str, k: int, iters: int, size: int) -> dict:
             def data():
                 return X
 
+        elif case == "in memory (dense)":
+            X = dataset[...].astype(np.float64)
+            options = {"sparse": False}
+
+            def data():
+                return X
+
         else:  # a crop of the scan, dense
             crop = min(128, size // 2)
             rows = (np.arange(crop)[:, None] * size + np.arange(crop)[None, :]).ravel()
@@ -176,7 +186,7 @@ def main() -> None:
         results = {}
         cases = ["one read", "from disk", "in memory (CSR)", "crop in memory"]
         if args.every_pass:
-            cases.append("from disk, read at every pass")
+            cases += ["from disk, read at every pass", "in memory (dense)"]
         for case in cases:
             command = [sys.executable, __file__, "--case", case, "--path", path]
             command += ["--k", str(args.k), "--iters", str(args.iters)]
@@ -202,9 +212,11 @@ def main() -> None:
     )
     every_pass = results.get("from disk, read at every pass")
     if every_pass:
+        dense = results["in memory (dense)"]["ms/it"]
         sys.stdout.write(
             "read at every pass, per iteration / one read: "
-            f"{every_pass['ms/it'] / 1e3 / read:.1f}\n"
+            f"{every_pass['ms/it'] / 1e3 / read:.1f}; / in memory (dense): "
+            f"{every_pass['ms/it'] / dense:.2f}\n"
         )
 
 

@@ -9,7 +9,8 @@ run on the same data:
   "f64 dense" row forces the dense path (``sparse=False``);
 * ms/it: time per iteration, from the difference between a run of ``iters + 1``
   iterations and a run of 1 iteration, all from the same given start (so
-  initialisation is not counted), best of 3;
+  initialisation is not counted), best of 3; for SmoothNMF the iteration loop
+  alone (``_loop_timer.py``: its final exact row solve is not an iteration);
 * it->tol: iterations to convergence at each tool's default ``tol=1e-4``
   (the stopping rules differ: espm_lite compares with the current objective
   every iteration, scikit-learn with the initial error every 10 iterations);

@@ -79,7 +79,7 @@ def initial_factors(
         return left.astype(dtype), right.astype(dtype)
 
     seed = int(rng.integers(np.iinfo(np.int32).max))
-    if isinstance(X, ChunkedData):  # on disk: dask's randomized SVD, a few passes
+    if isinstance(X, ChunkedData):  # on disk: a randomized SVD band by band, a few passes
         U, S, Vt = X.randomized_svd(k, seed)
     else:
         Xs = X if sp.issparse(X) else np.asarray(X)

@@ -12,7 +12,7 @@ keeps each band as a CSR matrix:
   workers of a ``dask.distributed`` cluster, which then read the data
   themselves) and turned into CSR there, so only the compressed band travels;
 * every band is checked on the way (finite, and non-negative for count
-  models), with the error naming the band;
+  models), the error naming the estimator and its input;
 * the bands are kept while their total stays within the memory budget
   (``max_memory``), then joined into one CSR matrix that the in-memory sparse
   path fits: the same iterates as a fit of the same data in memory.

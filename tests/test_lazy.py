@@ -150,7 +150,7 @@ def test_data_left_on_disk_give_the_in_memory_fit(high_counts):
     assert lazy.data_path_ == "dense"
     _assert_same_fit(lazy, eager)  # Laplacian across chunk borders, exact row solve by bands
     np.testing.assert_allclose(lazy.transform(on_disk), eager.transform(X), rtol=1e-8)
-    # The default start: dask's randomized SVD instead of scikit-learn's, the same fit.
+    # The default start: a randomized SVD computed band by band, the same fit.
     params = _params(True, max_iter=200)
     default = SmoothNMF(**params, max_memory="2MB").fit(on_disk)
     reference = SmoothNMF(**params).fit(X)

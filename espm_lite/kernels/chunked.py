@@ -10,8 +10,8 @@ into *bands* (rows of chunks, each with all the channels), and
   processes or a ``dask.distributed`` cluster) while the current one is used;
 * the final exact row solve (:func:`~espm_lite.kernels.rows.coefficient_rows`)
   solves each band's pixels in turn;
-* the start (NNDSVD) takes the randomized SVD of dask
-  (``dask.array.linalg.svd_compressed``), and the constants of the data term,
+* the start (NNDSVD) takes a randomized SVD computed band by band
+  (:meth:`ChunkedData.randomized_svd`), and the constants of the data term,
   the data scale and the checks of the values (finite, non-negative) come from
   one first pass (:meth:`ChunkedData.summary`).
 
@@ -90,8 +90,10 @@ class ChunkedData:
     # ---------------------------------------------------------------- reads
     def band(self, i: int) -> np.ndarray:
         """Band ``i`` (its rows, all channels) in memory, cast and divided like dense data."""
-        values = np.asarray(self.array.blocks[i].compute(), dtype=self.dtype)
-        return values if self.scale == 1.0 else values / self.dtype.type(self.scale)
+        values = np.array(self.array.blocks[i].compute(), dtype=self.dtype)  # never a view
+        if self.scale != 1.0:
+            values /= self.dtype.type(self.scale)
+        return values
 
     def iter_bands(self) -> Iterator[tuple[slice, np.ndarray]]:
         """``(rows, values)`` of every band in order, the next band read meanwhile."""
@@ -163,14 +165,35 @@ class ChunkedData:
     def sum(self, dtype=np.float64) -> float:
         return self.summary().total / self.scale
 
-    def randomized_svd(self, k: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(U, S, Vt)`` of rank ``k`` by dask's randomized SVD (a few passes)."""
-        import dask
-        import dask.array as da
+    def randomized_svd(
+        self, k: int, seed: int, n_iter: int = 4, oversampling: int = 10
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(U, S, Vt)`` of rank ``k`` by the randomized range finder, band by band.
 
-        scaled = self.array.astype(self.dtype) / self.dtype.type(self.scale)
-        u, s, vt = da.linalg.svd_compressed(scaled, k, n_power_iter=2, seed=seed, compute=False)
-        return tuple(np.asarray(part) for part in dask.compute(u, s, vt))
+        Halko, Martinsson & Tropp (2011), Algorithm 4.4 with ``n_iter`` power
+        iterations (as scikit-learn's ``randomized_svd``): ``2 n_iter + 2``
+        passes over the data, each holding two bands and ``(p + n) (k +
+        oversampling)`` numbers. (dask's ``svd_compressed`` would keep every
+        chunk in memory between the stages that reuse it.)
+        """
+        width = min(k + oversampling, *self.shape)
+        omega = np.random.default_rng(seed).standard_normal((self.shape[1], width))
+        Q = np.linalg.qr(self._times(omega))[0]
+        for _ in range(n_iter):
+            Q = np.linalg.qr(self._times(np.linalg.qr(self._transpose_times(Q))[0]))[0]
+        U, S, Vt = np.linalg.svd(self._transpose_times(Q).T, full_matrices=False)
+        return (Q @ U)[:, :k], S[:k], Vt[:k]
+
+    def _times(self, M: np.ndarray) -> np.ndarray:
+        """``X @ M`` (p, l), one pass."""
+        return np.concatenate([values @ M for _, values in self.iter_bands()], axis=0)
+
+    def _transpose_times(self, M: np.ndarray) -> np.ndarray:
+        """``X^T @ M`` (n, l), one pass (``M`` has a row per pixel)."""
+        out = np.zeros((self.shape[1], M.shape[1]))
+        for rows, values in self.iter_bands():
+            out += values.T @ M[rows]
+        return out
 
 
 @dataclass(frozen=True)
