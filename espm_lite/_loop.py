@@ -251,20 +251,9 @@ def run(
     history = History()
     snaps = [(state.snapshot(), measure())]
     bar = tqdm(total=max_iter, disable=not verbose, desc=name, leave=False)
+    fit = (solver, problem, state, settings, history, snaps, measure, factors)
     try:
-        f_older, terms_older, stopped = _iterate(
-            solver,
-            problem,
-            state,
-            settings,
-            history,
-            snaps,
-            measure,
-            factors,
-            bar,
-            debug,
-            extrapolation,
-        )
+        f_older, terms_older, stopped = _iterate(*fit, bar, debug, extrapolation)
     except KeyboardInterrupt:  # Ctrl-C: end on the last complete iterate
         state.restore(snaps[-1][0])
         history.interrupted = True
