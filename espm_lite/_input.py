@@ -20,7 +20,8 @@ def validate_input(estimator, X, *, reset: bool, where: str):
 
     ``reset=True`` records ``n_features_in_`` (fit); otherwise it is checked.
     Counts must be non-negative unless the estimator takes signed data. A dask
-    array is first brought into memory (:func:`espm_lite._lazy.in_memory`).
+    array is first brought into memory, or left on disk and checked as it is
+    read (:func:`espm_lite._lazy.in_memory`).
     """
     X = in_memory(estimator, X, where=where)
     if isinstance(X, ChunkedData):  # checked as it is read (ChunkedData.summary)
