@@ -24,8 +24,8 @@ at every pass (:class:`espm_lite.kernels.chunked.ChunkedData`, exact passes
 over the chunks); the other estimators raise a ``MemoryError`` naming the
 budget.
 
-Memory: at most ``2 x`` the compressed size while the bands are joined, plus
-the dense bands being computed (one per scheduler thread).
+Memory: at most ``2 x`` the compressed size while the bands are joined (the
+dense form is filled in place), plus the bands being computed (one per CPU).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import numpy as np
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
-from .kernels.chunked import ChunkedData
+from .kernels.chunked import ChunkedData, check_values
 from .kernels.sparse_data import density_threshold
 
 _logger = logging.getLogger(__name__)
@@ -214,14 +214,17 @@ def _stream_csr(Xi, dtype, budget: int, check_sign: bool, name: str, verbose):
 
 
 def _stream_dense(Xi, dtype, check_sign: bool, name: str, verbose) -> np.ndarray:
-    """``Xi`` (p, n) computed band by band into one dense array."""
+    """``Xi`` (p, n) computed band by band into one dense array (its size known)."""
     import dask
 
-    parts = []
+    out = np.empty(Xi.shape, dtype=dtype)
+    row = 0
     for group in _groups(_bands(Xi), verbose):
         tasks = [dask.delayed(_checked)(band, dtype, check_sign, name) for band in group]
-        parts.extend(dask.compute(*tasks))
-    return np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+        for values in dask.compute(*tasks):
+            out[row : row + values.shape[0]] = values
+            row += values.shape[0]
+    return out
 
 
 def _checked(band, dtype, check_sign: bool, name: str) -> np.ndarray:
@@ -230,12 +233,7 @@ def _checked(band, dtype, check_sign: bool, name: str) -> np.ndarray:
     if values.ndim != 2:
         raise ValueError(f"{name}: a band of the dask array has shape {values.shape}.")
     values = values.astype(dtype, copy=False)
-    if not np.isfinite(values).all():
-        raise ValueError(f"{name} contains NaN or infinity (dask array).")
-    if check_sign and (values < 0).any():
-        raise ValueError(
-            f"Negative values in data passed to {name}: counts must be non-negative (dask array)."
-        )
+    check_values(values, name, check_sign)
     return values
 
 

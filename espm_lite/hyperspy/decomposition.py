@@ -223,10 +223,6 @@ class EspmDecompositionMixin(NComponentsMixin):
         for name in [key for key in vars(self.learning_results) if key.startswith("espm_")]:
             delattr(self.learning_results, name)
 
-    def _espm_data(self):
-        """The data array (a dask array for the lazy classes)."""
-        return self.data
-
     def _espm_decomposition(
         self,
         estimator,
@@ -279,7 +275,7 @@ class EspmDecompositionMixin(NComponentsMixin):
         nav_mask = _flat_mask(navigation_mask, nav_shape, "navigation_mask")
         sig_mask = _flat_mask(signal_mask, (n_channels,), "signal_mask")
         # Signal axis last in array order for Signal1D: (pixels, channels) is a view.
-        matrix = self._espm_data().reshape(n_pixels, n_channels)
+        matrix = self.data.reshape(n_pixels, n_channels)  # a dask array if lazy
         # Integer indices: a dask array then keeps known chunk sizes.
         keep_rows = slice(None) if nav_mask is None else np.flatnonzero(~nav_mask)
         keep_cols = slice(None) if sig_mask is None else np.flatnonzero(~sig_mask)

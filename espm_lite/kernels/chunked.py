@@ -30,6 +30,17 @@ import numpy as np
 from tqdm.auto import tqdm
 
 
+def check_values(values: np.ndarray, where: str, check_sign: bool) -> None:
+    """``ValueError`` naming ``where`` for a band of a dask array with NaN, infinity or
+    (``check_sign``) negative values."""
+    if not np.isfinite(values).all():
+        raise ValueError(f"{where} contains NaN or infinity (dask array).")
+    if check_sign and (values < 0).any():
+        raise ValueError(
+            f"Negative values in data passed to {where}: counts must be non-negative (dask array)."
+        )
+
+
 @dataclass(frozen=True)
 class ChunkSummary:
     """What the first pass over the data gives (raw values, before any scale)."""
@@ -119,7 +130,7 @@ class ChunkedData:
                 leave=False,
             )
             for _, values in bands:
-                self._check(values)
+                check_values(values, self.where, self.check_sign)
                 sums.append(np.abs(values).sum(axis=1, dtype=np.float64))
                 positive = values[values > 0].astype(np.float64)
                 total += float(values.sum(dtype=np.float64))
@@ -129,15 +140,6 @@ class ChunkedData:
             summary = ChunkSummary(np.concatenate(sums), total, xlogx, squares, nonzero)
             self._cache["summary"] = summary
         return self._cache["summary"]
-
-    def _check(self, values: np.ndarray) -> None:
-        if not np.isfinite(values).all():
-            raise ValueError(f"{self.where} contains NaN or infinity (dask array).")
-        if self.check_sign and (values < 0).any():
-            raise ValueError(
-                f"Negative values in data passed to {self.where}: counts must be non-negative "
-                "(dask array)."
-            )
 
     # ------------------------------------------------- what the fit asks of it
     def data_scale(self) -> float:
