@@ -9,10 +9,12 @@ finiteness, sign, number of features).
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 from sklearn.utils.validation import check_non_negative, validate_data
 
 from ._lazy import in_memory
 from .kernels.chunked import ChunkedData
+from .kernels.sparse_data import canonical_csr
 
 
 def validate_input(estimator, X, *, reset: bool, where: str):
@@ -36,6 +38,23 @@ def validate_input(estimator, X, *, reset: bool, where: str):
     if estimator._non_negative_input:
         check_non_negative(X, f"{type(estimator).__name__} {where}")
     return X
+
+
+def transform_input(estimator, X):
+    """``X`` of ``transform``: validated, CSR when sparse.
+
+    Data left on disk are read band by band of pixels, so they can be
+    transformed only with pixels as rows (``hspy_comp=True``): with channels
+    as rows each solved row would need every pixel at once.
+    """
+    X = validate_input(estimator, X, reset=False, where="transform (input X)")
+    if isinstance(X, ChunkedData) and not estimator.hspy_comp:
+        raise ValueError(
+            f"{type(estimator).__name__}.transform with hspy_comp=False solves each channel "
+            "from all the pixels at once, and this dask array is left on disk (larger than "
+            "max_memory): raise max_memory, or transform pixels (hspy_comp=True)."
+        )
+    return canonical_csr(X) if sp.issparse(X) else X
 
 
 def _checked_features(estimator, X: ChunkedData, reset: bool) -> ChunkedData:

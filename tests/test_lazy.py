@@ -166,6 +166,9 @@ def test_what_data_left_on_disk_refuse(high_counts):
     est = SmoothNMF(hspy_comp=True, max_memory="2MB", verbose=0)
     with pytest.raises(ValueError, match="mask"):
         est.fit(X, mask=np.zeros(X.shape, dtype=bool))
+    channels_as_rows = SmoothNMF(max_memory="2MB", max_iter=5, verbose=0).fit(X.T)
+    with pytest.raises(ValueError, match="hspy_comp=False"):
+        channels_as_rows.transform(X.T)
     with pytest.raises(ValueError, match="callable G"):
         est.set_params(G=lambda data: np.eye(300)[:, :10]).fit(X)
     bad = high_counts.X.T.copy()

@@ -12,7 +12,6 @@ import numbers
 from abc import ABCMeta, abstractmethod
 
 import numpy as np
-import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
@@ -21,7 +20,7 @@ from .. import kernels
 from .._diagnostics import warn_empty_phases
 from .._fixed import exact_fixed
 from .._initialization import INIT_METHODS, generator
-from .._input import validate_input
+from .._input import transform_input
 from .._loop import History, run
 from .._monitor import truth_monitor
 from .._problem import Problem, divide, evaluation_problem, prepare
@@ -496,5 +495,4 @@ class NMFEstimator(
     def _transform_input(self, X):
         """``X`` of :meth:`transform`: fitted estimator checked, validated, CSR if sparse."""
         check_is_fitted(self)
-        X = validate_input(self, X, reset=False, where="transform (input X)")
-        return kernels.canonical_csr(X) if sp.issparse(X) else X
+        return transform_input(self, X)
