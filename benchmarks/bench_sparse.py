@@ -1,19 +1,28 @@
 """Sparse and dense paths of SmoothNMF against scikit-learn's KL multiplicative updates.
 
-Run ``python benchmarks/bench_sparse.py [--iters 30] [--quick] [--skip-dense-sklearn]``.
+Run ``python benchmarks/bench_sparse.py [--iters 30] [--quick] [--skip-dense-sklearn]
+[--only speed|scaling|bandwidth]``.
 
 Tables printed, every row measured in the same run on the same data:
 
-1. For a 100x400x3746 two-phase phantom at 15 counts/pixel and a
-   256x256x2048 three-phase phantom at 50 counts/pixel: time per iteration
-   and peak memory of SmoothNMF on its sparse path (CSR input), SmoothNMF on
+1. For a 100x400x3746 two-phase phantom at 15 counts/pixel (plain, with
+   ``lambda_L=1`` and with ``mu=0.1``) and a 256x256x2048 four-phase phantom
+   at 50 counts/pixel: time per iteration and peak memory of SmoothNMF on its
+   sparse path (CSR input) with the default engine (compiled kernels) and
+   with the NumPy engine (``config_context(engine="numpy")``), SmoothNMF on
    its dense path (dense input, ``sparse=False``), scikit-learn
    ``NMF(beta_loss="kullback-leibler", solver="mu")`` on the dense array and
-   on the CSR matrix.
+   on the CSR matrix (scikit-learn has no Laplacian or sparsity term: its rows
+   are the same plain updates in every case).
 2. Scaling: time per iteration against counts per pixel at a fixed size
-   (80x80x1980, three phases), for both paths in float64 and float32 and
-   scikit-learn on the CSR matrix; the density at which the two paths cross is
-   what :data:`espm_lite.kernels.SPARSE_DENSITY_THRESHOLD` is set from.
+   (80x80x1980, three phases), for both paths in float64 and float32, the
+   sparse path with the NumPy engine and scikit-learn on the CSR matrix; the
+   density at which the two paths cross is what
+   :data:`espm_lite.kernels.SPARSE_DENSITY_THRESHOLD` is set from.
+3. Dense high-count data (80x80x1980 at 5000 counts/pixel): the dense path
+   against the memory-bandwidth bound, the time to read the data once
+   (``X.nbytes`` over the read bandwidth of NumPy sums spread over the
+   data-pass threads, measured in the same run).
 
 Definitions
 -----------
@@ -48,12 +57,16 @@ from _loop_timer import loop_seconds
 from sklearn.decomposition import NMF
 from sklearn.exceptions import ConvergenceWarning
 
-from espm_lite import SmoothNMF
+from espm_lite import SmoothNMF, config_context
 from espm_lite.datasets import make_spectrum_image
 
 
-def smooth_nmf(k: int, sparse, dtype=None):
-    """A factory ``max_iter -> estimator`` for SmoothNMF in HyperSpy's (p, n) orientation."""
+def smooth_nmf(k: int, sparse, dtype=None, engine: str = "auto", **params):
+    """A factory ``max_iter -> estimator`` for SmoothNMF in HyperSpy's (p, n) orientation.
+
+    ``engine`` (see :func:`espm_lite.config_context`) is kept as ``make.engine``
+    and set around the timed fits.
+    """
 
     def make(max_iter: int):
         return SmoothNMF(
@@ -66,8 +79,10 @@ def smooth_nmf(k: int, sparse, dtype=None):
             hspy_comp=True,
             sparse=sparse,
             dtype=dtype,
+            **params,
         )
 
+    make.engine = engine
     return make
 
 
@@ -109,7 +124,7 @@ def _fit_seconds(make, X, n_iter: int) -> float:
     else:
         kwargs = {"W": spectra, "H": np.ascontiguousarray(maps.T)}
     gc.collect()
-    with loop_seconds() as timings:
+    with config_context(engine=getattr(make, "engine", "auto")), loop_seconds() as timings:
         start = time.perf_counter()
         est.fit_transform(X, **kwargs)
         seconds = time.perf_counter() - start
@@ -129,7 +144,8 @@ def peak_mb(make, X, n_iter: int = 3) -> float:
     gc.collect()
     tracemalloc.start()
     try:
-        make(n_iter).fit(X)
+        with config_context(engine=getattr(make, "engine", "auto")):
+            make(n_iter).fit(X)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -155,25 +171,45 @@ def phantom(shape_2d, n_channels, n_phases, counts, dtype=np.float64):
 
 
 def speed_memory_table(args) -> None:
-    cases = [((100, 400), 3746, 2, 15.0), ((256, 256), 2048, 3, 50.0)]
+    smooth = {"lambda_L": 1.0}
+    cases = [
+        ((100, 400), 3746, 2, 15.0, {}),
+        ((100, 400), 3746, 2, 15.0, smooth),
+        ((100, 400), 3746, 2, 15.0, {"mu": 0.1}),
+        ((256, 256), 2048, 4, 50.0, {}),
+    ]
     if args.quick:
-        cases = [((50, 100), 3746, 2, 15.0)]
+        cases = [((50, 100), 3746, 2, 15.0, {}), ((50, 100), 3746, 2, 15.0, smooth)]
     header = (
-        f"{'phantom':>22} {'estimator':>26} {'ms/it':>9} {'/sparse':>9} "
+        f"{'phantom':>36} {'estimator':>26} {'ms/it':>9} {'/sparse':>9} "
         f"{'peak MB':>9} {'x data+factors':>15}"
     )
     print("\nTable 1: time per iteration and peak memory (float64)")
     print("/sparse: ms/it divided by that of SmoothNMF on its sparse path")
     print(header)
     print("-" * len(header))
-    for shape_2d, n_channels, k, counts in cases:
+    for shape_2d, n_channels, k, counts, params in cases:
         dense, csr = phantom(shape_2d, n_channels, k, counts)
         p, n = dense.shape
-        label = f"{shape_2d[0]}x{shape_2d[1]}x{n_channels} @{counts:g}"
+        label = f"{shape_2d[0]}x{shape_2d[1]}x{n_channels} @{counts:g} k={k}"
+        if params:
+            label += " " + ",".join(f"{name}={value:g}" for name, value in params.items())
+            params = {**params, "shape_2d": shape_2d} if "lambda_L" in params else params
         reference = csr_bytes(csr) + (p + n) * k * dense.itemsize
         runs = [
-            ("SmoothNMF sparse (CSR)", smooth_nmf(k, "auto"), csr, args.iters),
-            ("SmoothNMF dense path", smooth_nmf(k, False), dense, max(2, args.iters // 3)),
+            ("SmoothNMF sparse (CSR)", smooth_nmf(k, "auto", **params), csr, args.iters),
+            (
+                "SmoothNMF sparse, NumPy",
+                smooth_nmf(k, "auto", engine="numpy", **params),
+                csr,
+                args.iters,
+            ),
+            (
+                "SmoothNMF dense path",
+                smooth_nmf(k, False, **params),
+                dense,
+                max(2, args.iters // 3),
+            ),
             ("sklearn MU-KL on CSR", sklearn_mu(k), csr, max(2, args.iters // 3)),
         ]
         if not args.skip_dense_sklearn:
@@ -186,12 +222,12 @@ def speed_memory_table(args) -> None:
             rows.append((name, ms, mb))
         sparse_ms = rows[0][1]
         print(
-            f"{label:>22} {'density':>26} {csr.nnz / (p * n):9.4f} "
+            f"{label:>36} {'density':>26} {csr.nnz / (p * n):9.4f} "
             f"{'':>9} {reference / 2**20:9.1f} {'(data+factors)':>15}"
         )
         for name, ms, mb in rows:
             print(
-                f"{label:>22} {name:>26} {ms:9.1f} {ms / sparse_ms:8.1f}x {mb:9.1f} "
+                f"{label:>36} {name:>26} {ms:9.1f} {ms / sparse_ms:8.1f}x {mb:9.1f} "
                 f"{mb * 2**20 / reference:14.1f}x"
             )
         del dense, csr
@@ -207,7 +243,8 @@ def scaling_table(args) -> None:
     )
     header = (
         f"{'counts/px':>9} {'density':>8} {'sparse f64':>11} {'dense f64':>10} "
-        f"{'sparse f32':>11} {'dense f32':>10} {'sklearn CSR':>12} {'auto picks':>11}"
+        f"{'sparse f32':>11} {'dense f32':>10} {'sparse NumPy':>13} {'sklearn CSR':>12} "
+        f"{'auto picks':>11}"
     )
     print(header)
     print("-" * len(header))
@@ -219,14 +256,60 @@ def scaling_table(args) -> None:
             ms_per_iteration(smooth_nmf(k, False), dense, args.iters),
             ms_per_iteration(smooth_nmf(k, True), dense32, args.iters),
             ms_per_iteration(smooth_nmf(k, False), dense32, args.iters),
+            ms_per_iteration(smooth_nmf(k, True, engine="numpy"), dense, args.iters),
             ms_per_iteration(sklearn_mu(k), csr, max(2, args.iters // 2), repeats=1),
         ]
         auto = smooth_nmf(k, "auto")(1).fit(dense).data_path_
         print(
             f"{counts:9g} {csr.nnz / dense.size:8.4f} "
-            + " ".join(f"{t:{w}.1f}" for t, w in zip(times, (11, 10, 11, 10, 12), strict=True))
+            + " ".join(f"{t:{w}.1f}" for t, w in zip(times, (11, 10, 11, 10, 13, 12), strict=True))
             + f" {auto:>11}"
         )
+
+
+def read_bandwidth(n_bytes: int = 1 << 29, repeats: int = 5) -> float:
+    """Bytes per second read from memory by NumPy sums over the data-pass threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from espm_lite.kernels import num_threads
+
+    threads = num_threads()
+    parts = np.array_split(np.ones(n_bytes // 8), threads)
+    best = np.inf
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            list(pool.map(np.sum, parts))
+            best = min(best, time.perf_counter() - start)
+    return n_bytes / best
+
+
+def bandwidth_table(args) -> None:
+    """Dense high-count data: the dense path against the time to read the data once."""
+    shape_2d, n_channels, k = ((80, 80), 1980, 3) if not args.quick else ((32, 32), 512, 3)
+    bandwidth = read_bandwidth()
+    print(
+        f"\nTable 3: dense path against the memory-bandwidth bound "
+        f"({shape_2d[0]}x{shape_2d[1]}x{n_channels}, {k} phases; read bandwidth "
+        f"{bandwidth / 1e9:.1f} GB/s over the data-pass threads)"
+    )
+    header = (
+        f"{'counts/px':>9} {'dtype':>8} {'MB read/it':>11} {'bound ms/it':>12} "
+        f"{'dense ms/it':>12} {'x bound':>8} {'sklearn dense':>14}"
+    )
+    print(header)
+    print("-" * len(header))
+    for counts in (5000.0,):
+        dense, csr = phantom(shape_2d, n_channels, k, counts)
+        for dtype in (np.float64, np.float32):
+            X = dense.astype(dtype)
+            bound = 1000 * X.nbytes / bandwidth  # the data read once per iteration
+            ms = ms_per_iteration(smooth_nmf(k, False), X, args.iters)
+            sk = ms_per_iteration(sklearn_mu(k), dense, max(2, args.iters // 3), repeats=1)
+            print(
+                f"{counts:9g} {np.dtype(dtype).name:>8} {X.nbytes / 2**20:11.1f} {bound:12.1f} "
+                f"{ms:12.1f} {ms / bound:7.1f}x {sk:14.1f}"
+            )
 
 
 def main(argv=None) -> None:
@@ -239,13 +322,15 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--skip-dense-sklearn", action="store_true", help="skip sklearn on the dense array"
     )
-    parser.add_argument("--only", choices=("speed", "scaling"), default=None)
+    parser.add_argument("--only", choices=("speed", "scaling", "bandwidth"), default=None)
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore", ConvergenceWarning)
     if args.only in (None, "speed"):
         speed_memory_table(args)
     if args.only in (None, "scaling"):
         scaling_table(args)
+    if args.only in (None, "bandwidth"):
+        bandwidth_table(args)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ Estimators in the scikit-learn style, all built on :class:`NMFEstimator`
 from importlib.metadata import PackageNotFoundError, version
 
 from . import datasets, measures
+from ._config import config_context, get_config, set_config
 from ._diagnostics import EmptyPhaseWarning
 from .estimators import PNMF, SNMF, ConvexNMF, NMFEstimator, SmoothNMF
 
@@ -26,5 +27,8 @@ __all__ = [
     "SmoothNMF",
     "datasets",
     "measures",
+    "config_context",
+    "get_config",
+    "set_config",
     "__version__",
 ]

@@ -118,8 +118,8 @@ class NMFEstimator(
         the non-zero entries of ``X``: an iteration costs ``O(nnz k)`` instead
         of ``O(n p k)``.  ``"auto"``: ``scipy.sparse`` input takes the sparse
         path; dense input takes it when its fraction of non-zero entries is
-        below :data:`espm_lite.kernels.SPARSE_DENSITY_THRESHOLD` (0.18 in
-        float64; ``SPARSE_DENSITY_THRESHOLD_FLOAT32``, 0.09, in float32), where
+        below :data:`espm_lite.kernels.SPARSE_DENSITY_THRESHOLD` (0.27 in
+        float64, 0.14 in float32; 0.18 and 0.09 with the NumPy engine), where
         the sparse path is the faster one (it is then converted to CSR once
         per fit, ``O(nnz)`` memory). A float replaces that threshold.
         ``True`` forces the sparse path; ``False`` the dense one (sparse input

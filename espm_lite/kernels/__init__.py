@@ -31,14 +31,13 @@ The density thresholds of :func:`choose_path` are read from this namespace:
 set ``espm_lite.kernels.SPARSE_DENSITY_THRESHOLD`` to change them.
 """
 
-from ._array_ops import ArrayOps
+from ._array_ops import ArrayOps, column_max, column_sums
 from .data_pass import (
     BLOCK_BYTES,
     DEVICE_BLOCK_BYTES,
     MapRule,
     PassResult,
     data_pass,
-    num_threads,
     row_blocks,
 )
 from .laplacian import LAPLACIAN_NORM_BOUND, grid_laplacian
@@ -47,6 +46,8 @@ from .sparse_data import (
     SPARSE_BLOCK_NNZ,
     SPARSE_DENSITY_THRESHOLD,
     SPARSE_DENSITY_THRESHOLD_FLOAT32,
+    SPARSE_DENSITY_THRESHOLD_FLOAT32_NUMPY,
+    SPARSE_DENSITY_THRESHOLD_NUMPY,
     DensifiedRows,
     SparseData,
     SparseRowBlock,
@@ -60,6 +61,7 @@ from .sparse_data import (
     prepare_data,
     xlogx_sum,
 )
+from .threads import num_threads
 
 __all__ = [
     "BLOCK_BYTES",
@@ -68,6 +70,8 @@ __all__ = [
     "SPARSE_BLOCK_NNZ",
     "SPARSE_DENSITY_THRESHOLD",
     "SPARSE_DENSITY_THRESHOLD_FLOAT32",
+    "SPARSE_DENSITY_THRESHOLD_FLOAT32_NUMPY",
+    "SPARSE_DENSITY_THRESHOLD_NUMPY",
     "ArrayOps",
     "DensifiedRows",
     "MapRule",
@@ -77,6 +81,8 @@ __all__ = [
     "bisect_multiplier",
     "canonical_csr",
     "choose_path",
+    "column_max",
+    "column_sums",
     "data_constants",
     "data_pass",
     "data_sum",

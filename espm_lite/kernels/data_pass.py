@@ -46,21 +46,20 @@ place where the mask acts, at ``O(missing k)`` per pass.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from functools import partial
 
 import numpy as np
 import scipy.sparse as sp
 from array_api_compat import array_namespace, device
-from threadpoolctl import ThreadpoolController
 
+from . import compiled as _compiled
 from . import missing as _missing
-from ._array_ops import ArrayOps
+from ._array_ops import ArrayOps, column_sums
 from .chunked import BandView, ChunkedData
 from .sparse_data import SparseData, SparseRowBlock, dense_block
+from .threads import num_threads, run_parts
 
 #: Size in bytes of one block of data rows processed at once by :func:`data_pass`
 #: (NumPy: blocks that stay in cache, spread over threads).
@@ -125,6 +124,9 @@ class _PassContext:
         Largest eigenvalue of ``D^T D`` (Frobenius curvature).
     missing : MissingEntries or None
         Entries left out of the data term.
+    compiled : bool
+        Whether the sparse KL blocks run the compiled kernels
+        (:mod:`espm_lite.kernels.compiled`).
     """
 
     X: object
@@ -141,6 +143,7 @@ class _PassContext:
     outer_rows: np.ndarray | None
     l2_curvature: float | None
     missing: _missing.MissingEntries | None = None
+    compiled: bool = False
 
     @property
     def xp(self):
@@ -211,10 +214,10 @@ def data_pass(
     if sp.issparse(X):
         X = SparseData(X)
     ctx = _setup(X, A, D, loss, map_rule, need_curvature, need_w_terms, need_loss, missing)
-    xp, ops = ctx.xp, ctx.ops
+    ops = ctx.ops
     total = 0.0
     if need_loss and loss == "kl":
-        total = x_constants[0] - x_constants[1] + ops.dot_all(ctx.col_d, xp.sum(A, axis=0))
+        total = x_constants[0] - x_constants[1] + ops.dot_all(ctx.col_d, column_sums(A))
     if need_loss and loss == "l2":
         total = 0.5 * x_constants[0] + 0.5 * ops.dot_all(A.T @ A, ctx.gram_d)
     results = _run_blocks(ctx)
@@ -236,7 +239,7 @@ def _setup(
     ops = ArrayOps(A, D)
     xp = ops.xp
     n, k = D.shape
-    col_d = xp.sum(D, axis=0)
+    col_d = column_sums(D)
     gram_d = D.T @ D if loss == "l2" else None
     # Rows D_i (x) D_i: the KL Hessian of pixel j in its maps is
     # sum_i X_ij / Y_ij^2 D_i D_i^T, i.e. (X/Y^2)_j @ outer_rows reshaped (k, k).
@@ -249,10 +252,12 @@ def _setup(
         float(xp.linalg.eigvalsh(gram_d)[-1]) if need_curvature and loss == "l2" else None
     )
     Dt = np.ascontiguousarray(D.T) if ops.numpy else D.T
+    compiled = isinstance(X, SparseData) and loss == "kl" and outer_rows is None
+    compiled = compiled and _compiled.use_compiled()
     return _PassContext(
         X=X,
         A=A,
-        D=D,
+        D=np.ascontiguousarray(D) if compiled else D,
         Dt=Dt,
         loss=loss,
         map_rule=map_rule,
@@ -264,6 +269,7 @@ def _setup(
         outer_rows=outer_rows,
         l2_curvature=l2_curvature,
         missing=missing,
+        compiled=compiled,
     )
 
 
@@ -301,20 +307,7 @@ def _run_blocks(
     threads = min(num_threads(), len(blocks)) if ops.numpy else 1
     if threads <= 1 and not sparse:
         return [run(blocks)]
-    # One BLAS thread per worker; the sparse path never needs BLAS threads
-    # (waking them for its small products costs more than they bring).
-    with _blas_controller().limit(limits=1, user_api="blas"):
-        if threads <= 1:
-            return [run(blocks)]
-        parts = [blocks[i::threads] for i in range(threads)]
-        futures = [_executor().submit(run, part) for part in parts]
-        try:
-            return [future.result() for future in futures]
-        except BaseException:  # Ctrl-C: no thread may write the maps once this returns
-            for future in futures:
-                future.cancel()
-            wait(futures)
-            raise
+    return run_parts(run, blocks, threads)
 
 
 def _l2_terms(ctx: _PassContext, Xb, Ab, nb: int):
@@ -398,7 +391,10 @@ def _sparse_blocks(ctx: _PassContext, my_blocks: list[SparseRowBlock]) -> tuple:
         Xb = block.matrix
         Ab = A[rows]
         R = None
-        if kl:
+        if ctx.compiled:
+            negative, part = _compiled_map_terms(ctx, block, Ab, part)
+            positive, curvature = np.broadcast_to(ctx.col_d, negative.shape), None
+        elif kl:
             values = block.values
             # The spectra at the columns of the stored entries: D does not change
             # during the pass, so they serve before and after the map update.
@@ -427,13 +423,26 @@ def _sparse_blocks(ctx: _PassContext, my_blocks: list[SparseRowBlock]) -> tuple:
         if ctx.map_rule is not None:
             A[rows] = ctx.map_rule(rows, negative, positive, curvature)
             Ab = A[rows]
-            if kl and ctx.need_w_terms:
+            if kl and ctx.need_w_terms and not ctx.compiled:
                 y = _model_at(Ab, block.local_rows, d_cols)
                 R = _like(Xb, np.divide(values, y, out=y))
         if ctx.need_w_terms:
-            w_neg += np.asarray((R.T @ Ab) if kl else (Xb.T @ Ab))
+            if ctx.compiled:
+                _compiled.kl_spectra_terms(block, np.ascontiguousarray(Ab), D, w_neg)
+            else:
+                w_neg += np.asarray((R.T @ Ab) if kl else (Xb.T @ Ab))
             w_removed = _removed(ctx, rows, Ab, w_removed)
     return part, w_neg, w_removed
+
+
+def _compiled_map_terms(ctx: _PassContext, block: SparseRowBlock, Ab, part: float):
+    """``(R_b D, part - sum x log y)`` of one CSR block, by the compiled kernel."""
+    y = np.empty(block.matrix.nnz, dtype=ctx.dtype)
+    negative = np.empty(Ab.shape, dtype=ctx.dtype)
+    _compiled.kl_map_terms(block, np.ascontiguousarray(Ab), ctx.D, y, negative)
+    if ctx.need_loss:
+        part -= float(np.dot(block.values, np.log(y, out=y)))
+    return negative, part
 
 
 def _removed(ctx: _PassContext, rows: slice, Ab, w_removed):
@@ -468,30 +477,3 @@ def _largest_eigenvalues(hessian_rows, k: int):
     """Largest eigenvalue of each ``(k, k)`` matrix stored as a row of ``k * k`` entries."""
     xp = array_namespace(hessian_rows)
     return xp.linalg.eigvalsh(xp.reshape(hessian_rows, (-1, k, k)))[:, -1]
-
-
-_EXECUTOR: ThreadPoolExecutor | None = None
-_BLAS_CONTROLLER: ThreadpoolController | None = None
-
-
-def _blas_controller() -> ThreadpoolController:
-    """A cached :class:`threadpoolctl.ThreadpoolController` (building one scans libraries)."""
-    global _BLAS_CONTROLLER
-    if _BLAS_CONTROLLER is None:
-        _BLAS_CONTROLLER = ThreadpoolController()
-    return _BLAS_CONTROLLER
-
-
-def num_threads() -> int:
-    """Threads used by :func:`data_pass`: ``ESPM_LITE_NUM_THREADS`` or the CPU count."""
-    value = os.environ.get("ESPM_LITE_NUM_THREADS")
-    if value:
-        return max(1, int(value))
-    return max(1, min(os.cpu_count() or 1, 16))
-
-
-def _executor() -> ThreadPoolExecutor:
-    global _EXECUTOR
-    if _EXECUTOR is None or _EXECUTOR._max_workers < num_threads():
-        _EXECUTOR = ThreadPoolExecutor(max_workers=num_threads(), thread_name_prefix="espm_lite")
-    return _EXECUTOR

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from ._array_ops import column_sums
+
 #: Rows solved together (bounds the ``rows x n`` temporaries of dense data).
 BLOCK_ROWS = 256
 
@@ -237,7 +239,7 @@ def newton_rows(
     ndarray (r, k), float64
     """
     A = np.asarray(basis, dtype=np.float64)
-    s = A.sum(axis=0) if linear is None else np.asarray(linear, dtype=np.float64)
+    s = column_sums(A) if linear is None else np.asarray(linear, dtype=np.float64)
     mu, eps = (None, 0.0) if sparsity is None else sparsity
     if mu is not None and not np.any(mu > 0):
         mu = None

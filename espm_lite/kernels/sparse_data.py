@@ -24,23 +24,29 @@ import numpy as np
 import scipy.sparse as sp
 
 from .chunked import BandView, ChunkedData
+from .compiled import use_compiled
 
 #: Number of stored entries per row block of the sparse path of
 #: :func:`~espm_lite.kernels.data_pass`.
 SPARSE_BLOCK_NNZ = 1 << 18
 
 #: Density (fraction of non-zero entries) below which ``sparse="auto"`` sends
-#: dense float64 data to the sparse path.  Measured with
-#: ``benchmarks/bench_sparse.py`` (table 2, 80x80x1980 phantom, 2 cores): the
-#: sparse path costs about 170 ms x density per iteration, the dense path about
-#: 32 ms in float64 (16 ms in float32), so they cross near a density of 0.19
-#: (0.1 in float32); at 500 counts/pixel (density 0.13) sparse takes 22 ms,
-#: dense 36 ms.
-SPARSE_DENSITY_THRESHOLD = 0.18
+#: dense float64 data to the sparse path, with the compiled kernels (the
+#: default engine). Measured with ``benchmarks/bench_sparse.py`` (table 2,
+#: 80x80x1980 phantom, 3 phases, 2 cores): the compiled sparse path costs about
+#: 140 ms x density per iteration, the dense path about 40 ms in float64 (22 ms
+#: in float32), so they cross near a density of 0.28 (0.15 in float32); at 1500
+#: counts/pixel (density 0.23) sparse takes 34 ms, dense 39 ms.
+SPARSE_DENSITY_THRESHOLD = 0.27
 
 #: The same for float32 data (the dense path is twice as fast in float32, the
 #: sparse path, bound by index gathers, much less).
-SPARSE_DENSITY_THRESHOLD_FLOAT32 = 0.09
+SPARSE_DENSITY_THRESHOLD_FLOAT32 = 0.14
+
+#: The two thresholds with the NumPy engine (``espm_lite.config_context(engine="numpy")``),
+#: whose sparse path costs about 170 ms x density per iteration on the same data.
+SPARSE_DENSITY_THRESHOLD_NUMPY = 0.18
+SPARSE_DENSITY_THRESHOLD_FLOAT32_NUMPY = 0.09
 
 
 def dense_block(X, rows: slice) -> np.ndarray:
@@ -197,9 +203,10 @@ def density_threshold(dtype, sparse="auto") -> float:
         # name) takes effect.
         from .. import kernels
 
+        suffix = "" if use_compiled() else "_NUMPY"
         if np.dtype(dtype) == np.float32:
-            return kernels.SPARSE_DENSITY_THRESHOLD_FLOAT32
-        return kernels.SPARSE_DENSITY_THRESHOLD
+            return getattr(kernels, "SPARSE_DENSITY_THRESHOLD_FLOAT32" + suffix)
+        return getattr(kernels, "SPARSE_DENSITY_THRESHOLD" + suffix)
     threshold = float(sparse)
     if not 0 < threshold <= 1:
         raise ValueError(f"sparse as a density threshold must be in (0, 1], got {sparse!r}.")
@@ -216,7 +223,8 @@ def choose_path(X, sparse="auto") -> str:
         ``True`` / ``False`` force the path.  ``"auto"``: sparse matrices take
         the sparse path, dense arrays take it when their density is below
         :data:`SPARSE_DENSITY_THRESHOLD` (float64) or
-        :data:`SPARSE_DENSITY_THRESHOLD_FLOAT32`; a float is used as that
+        :data:`SPARSE_DENSITY_THRESHOLD_FLOAT32` (``..._NUMPY`` with the NumPy
+        engine); a float is used as that
         threshold for dense arrays of either type (:func:`density_threshold`).
 
     Returns

@@ -105,8 +105,8 @@ def unit_columns(W: np.ndarray, floor: float = 0.0) -> tuple[np.ndarray, np.ndar
     phase: its spectrum solved to the floor is left there rather than made
     uniform, so that solving it again gives it back) or whose sum is not positive.
     """
-    c = W.sum(axis=0)
-    c = np.where((c > 0) & (W.max(axis=0) > floor), c, 1)
+    c = kernels.column_sums(W)
+    c = np.where((c > 0) & (kernels.column_max(W) > floor), c, 1)
     return W / c, c
 
 
@@ -280,16 +280,18 @@ def update_W(
             positive = GtG_W @ (A.T @ A)
         else:
             g_sum = 1.0 if G is None else problem.G_colsum
-            colsum = A.sum(axis=0) if map_colsum is None else map_colsum.astype(W.dtype)
+            colsum = kernels.column_sums(A) if map_colsum is None else map_colsum.astype(W.dtype)
             positive = np.broadcast_to(g_sum, (W.shape[0],))[:, None] * colsum[None, :]
     free = problem.simplex_free_W() if problem.simplex_W else None
+    # One row per phase, C-ordered: the simplex sums then run along contiguous rows.
+    rows = np.ascontiguousarray
     new = kernels.mu_update(
-        W.T,
-        negative.T,
-        positive.T,
+        rows(W.T),
+        rows(negative.T),
+        rows(positive.T),
         floor=problem.floor,
         simplex=problem.simplex_W,
-        free=None if free is None else free.T,
+        free=None if free is None else rows(free.T),
         tol=simplex_tol,
     ).T
     if problem.fixed.W_mask is not None:
@@ -304,7 +306,7 @@ def project_W(problem: Problem, W: np.ndarray) -> None:
     if problem.simplex_W:
         free = problem.simplex_free_W()
         if free is None:
-            W /= W.sum(axis=0)
+            W /= kernels.column_sums(W)
         else:
             W[...] = np.where(free, W / np.where(free, W, 0).sum(axis=0), W)
 
@@ -316,7 +318,7 @@ def _masked_spectra_terms(problem: Problem, state: FitState, w_negative, w_remov
     if problem.loss == "l2":
         positive = D @ (A.T @ A)
     else:
-        positive = np.broadcast_to(A.sum(axis=0), D.shape)
+        positive = np.broadcast_to(kernels.column_sums(A), D.shape)
     negative, positive = missing_kernels.spectra_terms(
         problem.missing, w_negative, positive, w_removed, A, D, problem.loss
     )

@@ -250,7 +250,7 @@ class _MapRule:
         self.solver, self.problem, self.A, self.lap_A = solver, problem, A, lap_A
         self.lam = dtype.type(solver.lambda_L)
         self.prox = self.lam * dtype.type(SIGMA_L)
-        self.prox_max = self.prox * A.max(axis=0) if self.lam > 0 else None
+        self.prox_max = self.prox * kernels.column_max(A) if self.lam > 0 else None
         self.eps_reg = dtype.type(solver.epsilon_reg)
         self.use_mu = bool(np.any(solver.mu > 0))
         self.free = None if problem.fixed.A_mask is None else ~problem.fixed.A_mask

@@ -1,0 +1,62 @@
+"""The threads of :func:`~espm_lite.kernels.data_pass`.
+
+NumPy, SciPy and the compiled kernels release the GIL in their loops, so the
+blocks of one pass over the data run on a pool of threads (:func:`run_parts`):
+one group of blocks per thread, with one BLAS thread each, results returned
+in thread order (so that their sum does not depend on scheduling).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
+
+from threadpoolctl import ThreadpoolController
+
+_EXECUTOR: ThreadPoolExecutor | None = None
+_BLAS_CONTROLLER: ThreadpoolController | None = None
+
+
+def num_threads() -> int:
+    """Threads used by :func:`data_pass`: ``ESPM_LITE_NUM_THREADS`` or the CPU count."""
+    value = os.environ.get("ESPM_LITE_NUM_THREADS")
+    if value:
+        return max(1, int(value))
+    return max(1, min(os.cpu_count() or 1, 16))
+
+
+def _blas_controller() -> ThreadpoolController:
+    """A cached :class:`threadpoolctl.ThreadpoolController` (building one scans libraries)."""
+    global _BLAS_CONTROLLER
+    if _BLAS_CONTROLLER is None:
+        _BLAS_CONTROLLER = ThreadpoolController()
+    return _BLAS_CONTROLLER
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _EXECUTOR
+    if _EXECUTOR is None or _EXECUTOR._max_workers < num_threads():
+        _EXECUTOR = ThreadPoolExecutor(max_workers=num_threads(), thread_name_prefix="espm_lite")
+    return _EXECUTOR
+
+
+def run_parts(run: Callable[[list], object], blocks: list, threads: int) -> list:
+    """``[run(blocks[i::threads]) for i in range(threads)]``, one call per pool thread.
+
+    Each call runs with one BLAS thread (the sparse products are too small to
+    wake more). On an interrupt (Ctrl-C) the calls not started are cancelled
+    and the running ones waited for, so that no thread writes into the
+    caller's arrays once this returns.
+    """
+    with _blas_controller().limit(limits=1, user_api="blas"):
+        if threads <= 1:
+            return [run(blocks)]
+        futures = [_executor().submit(run, blocks[i::threads]) for i in range(threads)]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            wait(futures)
+            raise

@@ -1,0 +1,182 @@
+"""The compiled engine (numba kernels of the sparse KL pass) against the NumPy reference."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import espm_lite
+from espm_lite import PNMF, SmoothNMF, config_context, get_config, set_config
+from espm_lite.datasets import make_spectrum_image
+from espm_lite.kernels import SparseData, compiled, data_pass
+
+SHAPE = (6, 8)
+N_CHANNELS = 60
+K = 3
+
+
+@pytest.fixture(scope="module")
+def counts():
+    """Low-count Poisson data (n, p), mostly zeros: the sparse path."""
+    data = make_spectrum_image(
+        shape_2d=SHAPE, n_channels=N_CHANNELS, n_phases=K, counts_per_pixel=12, seed=3
+    )
+    assert np.count_nonzero(data.X) / data.X.size < 0.5
+    return data.X
+
+
+def _G():
+    rng = np.random.default_rng(0)
+    return np.abs(rng.standard_normal((N_CHANNELS, 5))) + 0.1
+
+
+CASES = {
+    "plain": {},
+    "laplacian": {"lambda_L": 2.0, "shape_2d": SHAPE},
+    "mu": {"mu": [0.5, 0.0, 1.0]},
+    "simplex_H": {"simplex_H": True, "simplex_W": False},
+    "G": {"G": _G()},
+    "hspy_normalize": {"hspy_comp": True, "normalize": True, "lambda_L": 1.0, "shape_2d": SHAPE},
+    "l2_surrogate": {"algo": "l2_surrogate", "lambda_L": 1.0, "shape_2d": SHAPE},
+}
+
+
+def _fit(engine, X, estimator):
+    with config_context(engine=engine), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        out = estimator.fit_transform(X)
+    return estimator, out
+
+
+def _smooth(**params):
+    return SmoothNMF(
+        n_components=K, max_iter=15, no_stop_criterion=True, random_state=0, verbose=0, **params
+    )
+
+
+def _assert_same_fit(a, b, rtol):
+    (est_a, out_a), (est_b, out_b) = a, b
+    assert est_a.n_iter_ == est_b.n_iter_
+    np.testing.assert_allclose(est_a.losses_, est_b.losses_, rtol=rtol)
+    np.testing.assert_allclose(out_a, out_b, rtol=rtol, atol=1e-12)
+    np.testing.assert_allclose(est_a.components_, est_b.components_, rtol=rtol, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_both_engines_give_the_same_iterates(counts, name):
+    params = CASES[name]
+    X = sp.csr_matrix(counts.T if params.get("hspy_comp") else counts)
+    numpy_fit = _fit("numpy", X, _smooth(**params))
+    numba_fit = _fit("numba", X, _smooth(**params))
+    assert numba_fit[0].data_path_ == "sparse"
+    _assert_same_fit(numba_fit, numpy_fit, rtol=1e-10)
+
+
+def test_both_engines_agree_in_float32(counts):
+    X = sp.csr_matrix(counts.astype(np.float32))
+    numpy_fit = _fit("numpy", X, _smooth(lambda_L=1.0, shape_2d=SHAPE))
+    numba_fit = _fit("numba", X, _smooth(lambda_L=1.0, shape_2d=SHAPE))
+    assert numba_fit[1].dtype == np.float32
+    _assert_same_fit(numba_fit, numpy_fit, rtol=1e-4)
+
+
+def test_both_engines_agree_on_masked_fits_and_pnmf(counts):
+    mask = np.random.default_rng(1).random(counts.shape) < 0.1
+    X = np.where(mask, 0.0, counts)
+
+    def masked(engine):
+        est = _smooth(sparse=True)
+        with config_context(engine=engine):
+            est.fit(X, mask=mask)
+        return est
+
+    a, b = masked("numba"), masked("numpy")
+    np.testing.assert_allclose(a.losses_, b.losses_, rtol=1e-10)
+    np.testing.assert_allclose(a.components_, b.components_, rtol=1e-10, atol=1e-12)
+
+    def pnmf():
+        return PNMF(n_components=K, max_iter=10, random_state=0, verbose=0, sparse=True)
+
+    _assert_same_fit(_fit("numba", counts, pnmf()), _fit("numpy", counts, pnmf()), rtol=1e-10)
+
+
+def test_compiled_results_are_deterministic(counts, monkeypatch):
+    calls = []
+    kernel = compiled.kl_map_terms
+    monkeypatch.setattr(compiled, "kl_map_terms", lambda *a: calls.append(1) or kernel(*a))
+    X = sp.csr_matrix(counts)
+    first = _fit("numba", X, _smooth(lambda_L=1.0, shape_2d=SHAPE))
+    second = _fit("numba", X, _smooth(lambda_L=1.0, shape_2d=SHAPE))
+    np.testing.assert_array_equal(first[1], second[1])
+    np.testing.assert_array_equal(first[0].losses_, second[0].losses_)
+    assert len(calls) >= 30  # the compiled kernels ran, at every pass
+
+
+@pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
+def test_one_pass_of_the_kernels_matches_the_formulas(index_dtype):
+    rng = np.random.default_rng(0)
+    dense = rng.poisson(0.3, size=(40, 25)).astype(float)
+    dense[5] = 0.0  # a row without entries
+    csr = sp.csr_matrix(dense)
+    csr.indices = csr.indices.astype(index_dtype)
+    csr.indptr = csr.indptr.astype(index_dtype)
+    A = rng.random((40, 3)) + 0.1
+    D = rng.random((25, 3)) + 0.1
+    Y = A @ D.T
+    R = np.where(dense > 0, dense / Y, 0.0)
+    new_maps = A * (R @ D) / D.sum(axis=0)
+    with config_context(engine="numba"):
+        updated = A.copy()
+        result = data_pass(
+            SparseData(csr, block_nnz=50),
+            updated,
+            D,
+            map_rule=lambda rows, neg, pos, curv: updated[rows] * neg / pos,
+        )
+    np.testing.assert_allclose(updated, new_maps, rtol=1e-12)
+    Y_new = new_maps @ D.T
+    R_new = np.divide(dense, Y_new, out=np.zeros_like(dense), where=dense > 0)
+    np.testing.assert_allclose(result.w_negative, R_new.T @ new_maps, rtol=1e-12)
+    kl = np.sum(np.where(dense > 0, dense * np.log(np.where(dense > 0, dense / Y, 1)), 0))
+    kl += Y.sum() - dense.sum()
+    expected = kl
+    with config_context(engine="numba"):
+        loss = data_pass(
+            SparseData(csr),
+            A.copy(),
+            D,
+            need_w_terms=False,
+            x_constants=(float(np.sum(dense[dense > 0] * np.log(dense[dense > 0]))), dense.sum()),
+        ).data_loss
+    np.testing.assert_allclose(loss, expected, rtol=1e-12)
+
+
+def test_engine_setting_is_validated_and_scoped(monkeypatch):
+    monkeypatch.delenv("ESPM_LITE_ENGINE", raising=False)
+    assert get_config()["engine"] == "auto"
+    with config_context(engine="numpy"):
+        assert get_config()["engine"] == "numpy"
+        assert not compiled.use_compiled()
+    assert get_config()["engine"] == "auto"
+    with pytest.raises(ValueError, match="engine must be one of"):
+        set_config(engine="fortran")
+    with pytest.raises(ValueError, match="engine must be one of"):
+        with config_context(engine="C"):
+            pass
+    monkeypatch.setenv("ESPM_LITE_ENGINE", "numpy")
+    assert espm_lite.get_config()["engine"] == "numpy"
+    monkeypatch.setenv("ESPM_LITE_ENGINE", "gpu")
+    with pytest.raises(ValueError, match="engine"):
+        get_config()
+
+
+def test_without_numba_auto_falls_back_and_numba_is_an_error(counts, monkeypatch):
+    monkeypatch.setattr(compiled, "_numba", lambda: None)
+    assert not compiled.use_compiled()
+    est, _ = _fit("auto", sp.csr_matrix(counts), _smooth())
+    assert est.n_iter_ == 15
+    with config_context(engine="numba"), pytest.raises(ImportError, match="numba"):
+        compiled.use_compiled()
