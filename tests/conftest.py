@@ -28,6 +28,18 @@ def phantom_20():
     )
 
 
+@pytest.fixture(scope="session")
+def low_counts():
+    """Low-count Poisson data (n, p) = (60, 48), a (6, 8) scan, 3 phases, about 15 % non-zero."""
+    from espm_lite.datasets import make_spectrum_image
+
+    data = make_spectrum_image(
+        shape_2d=(6, 8), n_channels=60, n_phases=3, counts_per_pixel=12, seed=3
+    )
+    assert 0.05 < np.count_nonzero(data.X) / data.X.size < 0.5
+    return data.X
+
+
 @pytest.fixture
 def small_problem():
     """A small random Poisson problem, (n, p) = (30, 48) with a (6, 8) scan."""

@@ -10,27 +10,9 @@ import scipy.sparse as sp
 
 import espm_lite
 from espm_lite import PNMF, SmoothNMF, config_context, get_config, set_config
-from espm_lite.datasets import make_spectrum_image
 from espm_lite.kernels import SparseData, compiled, data_pass
 
-SHAPE = (6, 8)
-N_CHANNELS = 60
-K = 3
-
-
-@pytest.fixture(scope="module")
-def counts():
-    """Low-count Poisson data (n, p), mostly zeros: the sparse path."""
-    data = make_spectrum_image(
-        shape_2d=SHAPE, n_channels=N_CHANNELS, n_phases=K, counts_per_pixel=12, seed=3
-    )
-    assert np.count_nonzero(data.X) / data.X.size < 0.5
-    return data.X
-
-
-def _G():
-    rng = np.random.default_rng(0)
-    return np.abs(rng.standard_normal((N_CHANNELS, 5))) + 0.1
+SHAPE, N_CHANNELS, K = (6, 8), 60, 3  # the conftest fixture low_counts (n, p)
 
 
 CASES = {
@@ -38,7 +20,7 @@ CASES = {
     "laplacian": {"lambda_L": 2.0, "shape_2d": SHAPE},
     "mu": {"mu": [0.5, 0.0, 1.0]},
     "simplex_H": {"simplex_H": True, "simplex_W": False},
-    "G": {"G": _G()},
+    "G": {"G": np.random.default_rng(0).random((N_CHANNELS, 5)) + 0.1},
     "hspy_normalize": {"hspy_comp": True, "normalize": True, "lambda_L": 1.0, "shape_2d": SHAPE},
     "l2_surrogate": {"algo": "l2_surrogate", "lambda_L": 1.0, "shape_2d": SHAPE},
 }
@@ -66,26 +48,26 @@ def _assert_same_fit(a, b, rtol):
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_both_engines_give_the_same_iterates(counts, name):
+def test_both_engines_give_the_same_iterates(low_counts, name):
     params = CASES[name]
-    X = sp.csr_matrix(counts.T if params.get("hspy_comp") else counts)
+    X = sp.csr_matrix(low_counts.T if params.get("hspy_comp") else low_counts)
     numpy_fit = _fit("numpy", X, _smooth(**params))
     numba_fit = _fit("numba", X, _smooth(**params))
     assert numba_fit[0].data_path_ == "sparse"
     _assert_same_fit(numba_fit, numpy_fit, rtol=1e-10)
 
 
-def test_both_engines_agree_in_float32(counts):
-    X = sp.csr_matrix(counts.astype(np.float32))
+def test_both_engines_agree_in_float32(low_counts):
+    X = sp.csr_matrix(low_counts.astype(np.float32))
     numpy_fit = _fit("numpy", X, _smooth(lambda_L=1.0, shape_2d=SHAPE))
     numba_fit = _fit("numba", X, _smooth(lambda_L=1.0, shape_2d=SHAPE))
     assert numba_fit[1].dtype == np.float32
     _assert_same_fit(numba_fit, numpy_fit, rtol=1e-4)
 
 
-def test_both_engines_agree_on_masked_fits_and_pnmf(counts):
-    mask = np.random.default_rng(1).random(counts.shape) < 0.1
-    X = np.where(mask, 0.0, counts)
+def test_both_engines_agree_on_masked_fits_and_pnmf(low_counts):
+    mask = np.random.default_rng(1).random(low_counts.shape) < 0.1
+    X = np.where(mask, 0.0, low_counts)
 
     def masked(engine):
         est = _smooth(sparse=True)
@@ -100,14 +82,16 @@ def test_both_engines_agree_on_masked_fits_and_pnmf(counts):
     def pnmf():
         return PNMF(n_components=K, max_iter=10, random_state=0, verbose=0, sparse=True)
 
-    _assert_same_fit(_fit("numba", counts, pnmf()), _fit("numpy", counts, pnmf()), rtol=1e-10)
+    _assert_same_fit(
+        _fit("numba", low_counts, pnmf()), _fit("numpy", low_counts, pnmf()), rtol=1e-10
+    )
 
 
-def test_compiled_results_are_deterministic(counts, monkeypatch):
+def test_compiled_results_are_deterministic(low_counts, monkeypatch):
     calls = []
     kernel = compiled.kl_map_terms
     monkeypatch.setattr(compiled, "kl_map_terms", lambda *a: calls.append(1) or kernel(*a))
-    X = sp.csr_matrix(counts)
+    X = sp.csr_matrix(low_counts)
     first = _fit("numba", X, _smooth(lambda_L=1.0, shape_2d=SHAPE))
     second = _fit("numba", X, _smooth(lambda_L=1.0, shape_2d=SHAPE))
     np.testing.assert_array_equal(first[1], second[1])
@@ -173,10 +157,10 @@ def test_engine_setting_is_validated_and_scoped(monkeypatch):
         get_config()
 
 
-def test_without_numba_auto_falls_back_and_numba_is_an_error(counts, monkeypatch):
+def test_without_numba_auto_falls_back_and_numba_is_an_error(low_counts, monkeypatch):
     monkeypatch.setattr(compiled, "_numba", lambda: None)
     assert not compiled.use_compiled()
-    est, _ = _fit("auto", sp.csr_matrix(counts), _smooth())
+    est, _ = _fit("auto", sp.csr_matrix(low_counts), _smooth())
     assert est.n_iter_ == 15
     with config_context(engine="numba"), pytest.raises(ImportError, match="numba"):
         compiled.use_compiled()
