@@ -12,8 +12,9 @@
     array library).
 
 Both engines compute the same iterates (float64: to rounding, checked to
-1e-10 in the tests). The setting is read when a fit starts; the environment
-variable ``ESPM_LITE_ENGINE`` gives the default of a process.
+1e-10 in the tests). The setting is read when a fit chooses its data path and
+at every pass over the data; the environment variable ``ESPM_LITE_ENGINE``
+gives the default of a process.
 
 Examples
 --------

@@ -24,8 +24,8 @@ kernels release the GIL (``nogil``): :func:`~espm_lite.kernels.data_pass`
 runs them on its threads, one group of row blocks per thread, and adds the
 per-thread spectra terms in thread order, so results are deterministic for a
 given thread count. Compiled code is cached on disk (``cache=True``): a new
-process loads it instead of compiling (the first compilation takes a few
-seconds, once per float type).
+process loads it instead of compiling (the first compilation takes about half
+a second per float type on 2 cores).
 
 The engine is chosen by :func:`espm_lite.config_context` /
 :func:`espm_lite.set_config` (``engine="auto"``, ``"numba"`` or ``"numpy"``).

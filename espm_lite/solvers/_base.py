@@ -284,14 +284,14 @@ def update_W(
             positive = np.broadcast_to(g_sum, (W.shape[0],))[:, None] * colsum[None, :]
     free = problem.simplex_free_W() if problem.simplex_W else None
     # One row per phase, C-ordered: the simplex sums then run along contiguous rows.
-    rows = np.ascontiguousarray
+    contiguous = np.ascontiguousarray
     new = kernels.mu_update(
-        rows(W.T),
-        rows(negative.T),
-        rows(positive.T),
+        contiguous(W.T),
+        contiguous(negative.T),
+        contiguous(positive.T),
         floor=problem.floor,
         simplex=problem.simplex_W,
-        free=None if free is None else rows(free.T),
+        free=None if free is None else contiguous(free.T),
         tol=simplex_tol,
     ).T
     if problem.fixed.W_mask is not None:
