@@ -99,16 +99,20 @@ def test_compiled_results_are_deterministic(low_counts, monkeypatch):
     assert len(calls) >= 30  # the compiled kernels ran, at every pass
 
 
-@pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
-def test_one_pass_of_the_kernels_matches_the_formulas(index_dtype):
+@pytest.mark.parametrize(
+    "index_dtype, k",
+    [(np.int32, 3), (np.int64, 3), (np.int32, compiled.UNROLLED_MAX_K + 1)],
+    ids=["int32", "int64", "any-k kernel"],
+)
+def test_one_pass_of_the_kernels_matches_the_formulas(index_dtype, k):
     rng = np.random.default_rng(0)
     dense = rng.poisson(0.3, size=(40, 25)).astype(float)
     dense[5] = 0.0  # a row without entries
     csr = sp.csr_matrix(dense)
     csr.indices = csr.indices.astype(index_dtype)
     csr.indptr = csr.indptr.astype(index_dtype)
-    A = rng.random((40, 3)) + 0.1
-    D = rng.random((25, 3)) + 0.1
+    A = rng.random((40, k)) + 0.1
+    D = rng.random((25, k)) + 0.1
     Y = A @ D.T
     R = np.where(dense > 0, dense / Y, 0.0)
     new_maps = A * (R @ D) / D.sum(axis=0)

