@@ -34,6 +34,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ._array_ops import column_sums
+from .threads import num_threads, run_parts
 
 #: Rows solved together (bounds the ``rows x n`` temporaries of dense data).
 BLOCK_ROWS = 256
@@ -249,7 +250,14 @@ def newton_rows(
     X = sp.csr_matrix(X, dtype=np.float64)
     X.sum_duplicates()
     C = np.array(np.maximum(start, floor), dtype=np.float64)
-    for lo in range(0, C.shape[0], BLOCK_ROWS):
-        rows = slice(lo, min(lo + BLOCK_ROWS, C.shape[0]))
-        C[rows] = _solve_block(_block(X, rows), C[rows], A, s, terms, floor, max_iter, tol)
+    n_rows = C.shape[0]
+    blocks = [slice(lo, min(lo + BLOCK_ROWS, n_rows)) for lo in range(0, n_rows, BLOCK_ROWS)]
+
+    def solve(my_blocks: list[slice]) -> None:
+        for rows in my_blocks:
+            C[rows] = _solve_block(_block(X, rows), C[rows], A, s, terms, floor, max_iter, tol)
+
+    # Rows are independent: the blocks run on the data-pass threads, and the
+    # result does not depend on how many there are.
+    run_parts(solve, blocks, max(1, min(num_threads(), len(blocks))))
     return C

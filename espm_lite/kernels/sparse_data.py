@@ -25,10 +25,16 @@ import scipy.sparse as sp
 
 from .chunked import BandView, ChunkedData
 from .compiled import use_compiled
+from .threads import num_threads
 
 #: Number of stored entries per row block of the sparse path of
-#: :func:`~espm_lite.kernels.data_pass`.
+#: :func:`~espm_lite.kernels.data_pass` (at most; see :data:`BLOCKS_PER_THREAD`).
 SPARSE_BLOCK_NNZ = 1 << 18
+#: Smaller data are cut into at least this many blocks per data-pass thread (blocks
+#: of at least :data:`MIN_BLOCK_NNZ` entries), so that the threads get equal work:
+#: three blocks on two threads left one thread idle a third of each pass.
+BLOCKS_PER_THREAD = 8
+MIN_BLOCK_NNZ = 1 << 14
 
 #: Density (fraction of non-zero entries) below which ``sparse="auto"`` sends
 #: dense float64 data to the sparse path, with the compiled kernels (the
@@ -126,8 +132,9 @@ class _CSRBacked:
 class SparseData(_CSRBacked):
     """CSR data ``(p, n)`` split once into row blocks for the sparse path.
 
-    Each block holds about :data:`SPARSE_BLOCK_NNZ` stored entries (at least
-    one row) and the row and column index of each entry, so that an iteration
+    Each block holds about :data:`SPARSE_BLOCK_NNZ` stored entries, fewer
+    for data too small to give each thread :data:`BLOCKS_PER_THREAD` blocks (at
+    least one row) and the row and column index of each entry, so that an iteration
     only gathers and scatters.  Extra memory: two index arrays of ``nnz``
     entries.
 
@@ -145,7 +152,7 @@ class SparseData(_CSRBacked):
         self.csr = csr
         p, n = csr.shape
         indptr = csr.indptr.astype(np.intp, copy=False)
-        block_nnz = max(1, int(block_nnz or SPARSE_BLOCK_NNZ))
+        block_nnz = max(1, int(block_nnz or _default_block_nnz(csr.nnz)))
         targets = np.arange(block_nnz, csr.nnz, block_nnz)
         cuts = np.unique(np.concatenate([[0], np.searchsorted(indptr, targets, "right"), [p]]))
         cuts = cuts[(cuts >= 0) & (cuts <= p)]
@@ -166,6 +173,12 @@ class SparseData(_CSRBacked):
     @property
     def nnz(self) -> int:
         return self.csr.nnz
+
+
+def _default_block_nnz(nnz: int) -> int:
+    """Entries per block: :data:`SPARSE_BLOCK_NNZ`, fewer so that each thread has several."""
+    even = -(-nnz // (BLOCKS_PER_THREAD * num_threads()))
+    return min(SPARSE_BLOCK_NNZ, max(MIN_BLOCK_NNZ, even))
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
+from functools import cache
 
 from threadpoolctl import ThreadpoolController
 
@@ -18,12 +19,17 @@ _EXECUTOR: ThreadPoolExecutor | None = None
 _BLAS_CONTROLLER: ThreadpoolController | None = None
 
 
+@cache
+def _cpu_count() -> int:
+    return os.cpu_count() or 1  # a system call: read once, not at every pass
+
+
 def num_threads() -> int:
     """Threads used by :func:`data_pass`: ``ESPM_LITE_NUM_THREADS`` or the CPU count."""
     value = os.environ.get("ESPM_LITE_NUM_THREADS")
     if value:
         return max(1, int(value))
-    return max(1, min(os.cpu_count() or 1, 16))
+    return max(1, min(_cpu_count(), 16))
 
 
 def _blas_controller() -> ThreadpoolController:
@@ -41,6 +47,20 @@ def _executor() -> ThreadPoolExecutor:
     return _EXECUTOR
 
 
+def one_blas_thread():
+    """A context in which BLAS (OpenBLAS, MKL...) runs on one thread.
+
+    The passes over the data run on :func:`run_parts`'s threads, one BLAS
+    thread each. Between passes a fit makes only small products ((k, k),
+    (n, k)), which gain nothing from BLAS threads; after a threaded call
+    OpenBLAS keeps its threads spinning for a while, and on few cores they
+    take the CPUs from the next pass (a SmoothNMF iteration on 80x80x1980 took
+    1.5x as long on 2 cores). The iteration loop of the solvers whose work is
+    in the passes (:attr:`espm_lite.solvers.Solver.threaded_passes`) runs in it.
+    """
+    return _blas_controller().limit(limits=1, user_api="blas")
+
+
 def run_parts(run: Callable[[list], object], blocks: list, threads: int) -> list:
     """``[run(blocks[i::threads]) for i in range(threads)]``, one call per pool thread.
 
@@ -49,7 +69,7 @@ def run_parts(run: Callable[[list], object], blocks: list, threads: int) -> list
     and the running ones waited for, so that no thread writes into the
     caller's arrays once this returns.
     """
-    with _blas_controller().limit(limits=1, user_api="blas"):
+    with one_blas_thread():
         if threads <= 1:
             return [run(blocks)]
         futures = [_executor().submit(run, blocks[i::threads]) for i in range(threads)]

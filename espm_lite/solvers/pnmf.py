@@ -74,6 +74,7 @@ class VariationalPoisson(Solver):
     """
 
     names = ("expected_nll_loss", "KL_prior_loss")
+    threaded_passes = True
     simplex_tol = 1e-5
 
     def __init__(
