@@ -39,6 +39,7 @@ import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from .kernels.chunked import ChunkedData, check_values
+from .kernels.compiled import compress_rows
 from .kernels.sparse_data import density_threshold
 
 _logger = logging.getLogger(__name__)
@@ -142,8 +143,11 @@ def in_memory(estimator, X, *, where: str = "input X"):
         dense = _stream_dense(Xi, dtype, check_sign, name, estimator.verbose)
     elif getattr(estimator, "_fits_chunks", False):
         _logger.info("%s: the dask array stays on disk, read band by band at every pass.", name)
+        # Bands within the budget as stored: the passes hold raw bands, and cast them
+        # block by block or compress them as they are read.
+        raw_bands = _banded(X if pixels_first else X.T, X.dtype.itemsize, budget)
         return ChunkedData(
-            Xi,
+            raw_bands,
             dtype,
             n_features=X.shape[1],
             where=name,
@@ -239,10 +243,7 @@ def _checked(band, dtype, check_sign: bool, name: str) -> np.ndarray:
 
 def _band_csr(band, dtype, check_sign: bool, name: str) -> sp.csr_matrix:
     """One band checked (:func:`_checked`) and compressed (runs where the band is read)."""
-    matrix = sp.csr_matrix(_checked(band, dtype, check_sign, name))
-    matrix.indices = matrix.indices.astype(np.int32, copy=False)
-    matrix.indptr = matrix.indptr.astype(np.int64, copy=False)
-    return matrix
+    return compress_rows(_checked(band, dtype, check_sign, name), dtype)
 
 
 def _csr_bytes(matrix: sp.csr_matrix) -> int:

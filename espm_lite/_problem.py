@@ -258,7 +258,7 @@ def prepare(estimator, X, W0=None, H0=None, mask=None) -> Problem:
         )
     Xs = divide(counts, scale)
     on_disk = isinstance(Xs, ChunkedData)
-    path = "dense" if on_disk else estimator._choose_data_path(Xs)
+    path = estimator._choose_data_path(Xs)
     form = "sparse matrix" if sp.issparse(Xs) else "dense array"
     logger.info(
         "%s: %s path for data of %d pixels x %d channels (%s).",
@@ -271,6 +271,8 @@ def prepare(estimator, X, W0=None, H0=None, mask=None) -> Problem:
     data = kernels.prepare_data(Xs, path) if estimator._uses_data_pass else Xs
     if isinstance(data, kernels.SparseData):
         Xs = data.csr  # converted once per fit; the start uses it too
+    elif isinstance(data, ChunkedData):
+        Xs = data  # on disk: the start and the row solves read it for the same path
     loss = "l2" if estimator.l2 else "kl"
     intensity = estimator._intensity_factor()
     floor = float(estimator.log_shift)

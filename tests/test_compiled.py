@@ -11,6 +11,7 @@ import scipy.sparse as sp
 import espm_lite
 from espm_lite import PNMF, SmoothNMF, config_context, get_config, set_config
 from espm_lite.kernels import SparseData, compiled, data_pass
+from espm_lite.kernels.compiled import compress_rows
 
 SHAPE, N_CHANNELS, K = (6, 8), 60, 3  # the conftest fixture low_counts (n, p)
 
@@ -168,3 +169,22 @@ def test_without_numba_auto_falls_back_and_numba_is_an_error(low_counts, monkeyp
     assert est.n_iter_ == 15
     with config_context(engine="numba"), pytest.raises(ImportError, match="numba"):
         compiled.use_compiled()
+
+
+@pytest.mark.parametrize("engine", ["numba", "numpy"])
+@pytest.mark.parametrize("raw_dtype", [np.uint16, np.int32, np.float32, np.float64])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compressed_rows_are_scipys_csr(engine, raw_dtype, dtype):
+    rng = np.random.default_rng(0)
+    values = rng.poisson(0.3, size=(50, 70)).astype(raw_dtype)
+    values[7] = 0  # an empty row
+    before = values.copy()
+    with config_context(engine=engine):
+        matrix = compress_rows(values, dtype)
+    reference = sp.csr_matrix(values.astype(dtype))
+    assert matrix.dtype == dtype and matrix.shape == values.shape
+    assert matrix.has_canonical_format
+    np.testing.assert_array_equal(matrix.indptr, reference.indptr)
+    np.testing.assert_array_equal(matrix.indices, reference.indices)
+    np.testing.assert_array_equal(matrix.data, reference.data)
+    np.testing.assert_array_equal(values, before)

@@ -161,6 +161,49 @@ def test_data_left_on_disk_give_the_in_memory_fit(high_counts):
     _assert_same_fit(default, reference, rtol=1e-8)
 
 
+@pytest.mark.parametrize("hspy_comp", [True, False])
+def test_low_count_data_left_on_disk_take_the_sparse_path(low_counts, hspy_comp):
+    # Too large for the budget even compressed: each band is compressed to CSR as it is
+    # read, and the fit is the in-memory sparse fit (same start, and the default start).
+    # 64 bands of 25 pixels (60 kB dense, within 1/8 of the budget); ~350 kB as CSR,
+    # more than half the budget.
+    X = low_counts.X.T if hspy_comp else low_counts.X
+    W0, H0 = _start()
+    on_disk = _chunked(X, hspy_comp, n_chunks=64)
+    budget = "500kB"
+    eager = SmoothNMF(**_params(hspy_comp)).fit(X, W=W0, H=H0)
+    lazy = SmoothNMF(**_params(hspy_comp), max_memory=budget).fit(on_disk, W=W0, H=H0)
+    assert isinstance(in_memory(lazy, on_disk), ChunkedData)
+    assert len(in_memory(lazy, on_disk).bands) == 64
+    assert lazy.data_path_ == eager.data_path_ == "sparse"
+    params = _params(hspy_comp)
+    default = SmoothNMF(**params, max_memory=budget).fit(on_disk)
+    reference = SmoothNMF(**params).fit(X)
+    if hspy_comp:
+        _assert_same_fit(lazy, eager)
+        np.testing.assert_allclose(lazy.transform(on_disk), eager.transform(X), rtol=1e-8)
+        _assert_same_fit(default, reference)
+    else:  # the same iterations; the final exact solve of the spectra needs every pixel
+        np.testing.assert_allclose(lazy.losses_[:-1], eager.losses_[:-1], rtol=1e-8)
+        np.testing.assert_allclose(default.losses_[:-1], reference.losses_[:-1], rtol=1e-8)
+    # sparse=False keeps the dense bands.
+    dense = SmoothNMF(**_params(hspy_comp, max_iter=5), sparse=False, max_memory=budget)
+    assert dense.fit(on_disk, W=W0, H=H0).data_path_ == "dense"
+
+
+def test_integer_counts_on_disk_are_banded_by_their_stored_size(low_counts):
+    # uint16 counts: 25-pixel bands are 15 kB as stored (60 kB as floats), within 1/8 of
+    # 150 kB: read whole, then compressed (or cast block by block) in the passes.
+    X = low_counts.X.T
+    counts = _chunked(X.astype(np.uint16), True, n_chunks=64)
+    W0, H0 = _start()
+    for sparse in ("auto", False):
+        est = SmoothNMF(**_params(True), sparse=sparse, max_memory="150kB")
+        assert len(in_memory(est, counts).bands) == 64
+        eager = SmoothNMF(**_params(True), sparse=sparse).fit(X, W=W0, H=H0)
+        _assert_same_fit(est.fit(counts, W=W0, H=H0), eager)
+
+
 def test_what_data_left_on_disk_refuse(high_counts):
     X = _chunked(high_counts.X.T, True)
     est = SmoothNMF(hspy_comp=True, max_memory="2MB", verbose=0)

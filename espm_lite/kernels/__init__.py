@@ -31,7 +31,7 @@ The density thresholds of :func:`choose_path` are read from this namespace:
 set ``espm_lite.kernels.SPARSE_DENSITY_THRESHOLD`` to change them.
 """
 
-from ._array_ops import ArrayOps, column_max, column_sums
+from ._array_ops import ArrayOps, column_max, column_means, column_sums
 from .data_pass import (
     BLOCK_BYTES,
     DEVICE_BLOCK_BYTES,
@@ -82,6 +82,7 @@ __all__ = [
     "canonical_csr",
     "choose_path",
     "column_max",
+    "column_means",
     "column_sums",
     "data_constants",
     "data_pass",

@@ -56,11 +56,17 @@ class ArrayOps:
 NARROW_COLUMNS = 32
 
 
-def column_sums(a):
-    """Sums of the columns of a 2-D array (``a.sum(axis=0)``, fast for few columns)."""
+def column_sums(a, dtype=None):
+    """Sums of the columns of a 2-D array (``a.sum(axis=0, dtype=dtype)``, fast for few columns)."""
     if isinstance(a, np.ndarray) and a.ndim == 2 and a.shape[1] <= NARROW_COLUMNS:
-        return np.array([a[:, j].sum() for j in range(a.shape[1])], dtype=a.dtype)
-    return array_namespace(a).sum(a, axis=0)
+        out = a.dtype if dtype is None else dtype
+        return np.array([a[:, j].sum(dtype=dtype) for j in range(a.shape[1])], dtype=out)
+    return array_namespace(a).sum(a, axis=0, dtype=dtype)
+
+
+def column_means(a):
+    """Means of the columns of a 2-D array (``a.mean(axis=0)``, fast for few columns)."""
+    return column_sums(a) / a.shape[0]
 
 
 def column_max(a):

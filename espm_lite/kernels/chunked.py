@@ -8,6 +8,9 @@ into *bands* (rows of chunks, each with all the channels), and
 * :func:`~espm_lite.kernels.data_pass` runs its usual blocks inside each band
   in turn, the next band being read (by the active dask scheduler: threads,
   processes or a ``dask.distributed`` cluster) while the current one is used;
+  low-count data (the density of :func:`~espm_lite.kernels.choose_path`) are
+  compressed to CSR as each band is read
+  (:func:`~espm_lite.kernels.compiled.compress_rows`) and take the sparse path;
 * the final exact row solve (:func:`~espm_lite.kernels.rows.coefficient_rows`)
   solves each band's pixels in turn;
 * the start (NNDSVD) takes scikit-learn's randomized SVD computed band by
@@ -16,8 +19,8 @@ into *bands* (rows of chunks, each with all the channels), and
   one first pass (:meth:`ChunkedData.summary`).
 
 Only the factors, two bands and the per-block temporaries are in memory.  The
-iterates are those of the in-memory dense path up to the order of the sums
-(blocks do not cross band borders), so the fits agree to rounding.
+iterates are those of the in-memory path (dense, or sparse) up to the order of
+the sums (blocks do not cross band borders), so the fits agree to rounding.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from scipy import linalg
 from sklearn.utils.extmath import svd_flip
 from tqdm.auto import tqdm
 
+from .compiled import compress_rows
+
 
 def check_values(values: np.ndarray, where: str, check_sign: bool) -> None:
     """``ValueError`` naming ``where`` for a band of a dask array with NaN, infinity or
@@ -42,6 +47,10 @@ def check_values(values: np.ndarray, where: str, check_sign: bool) -> None:
         raise ValueError(
             f"Negative values in data passed to {where}: counts must be non-negative (dask array)."
         )
+
+
+#: Bands read ahead, each in its thread, when they are compressed as they are read.
+READ_AHEAD = 2
 
 
 @dataclass(frozen=True)
@@ -86,6 +95,7 @@ class ChunkedData:
         self.check_sign = check_sign
         self.verbose = verbose
         self.scale = 1.0
+        self.form = "dense"  # or "sparse": bands compressed to CSR as they are read
         offsets = np.cumsum((0, *array.chunks[0]))
         self.bands = [slice(int(a), int(b)) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
         self._cache: dict = {}  # shared with the divided copies: the summary of the raw values
@@ -101,29 +111,74 @@ class ChunkedData:
         out.scale = self.scale * float(scale)
         return out
 
+    def with_path(self, path: str) -> ChunkedData:
+        """The same data, read for the ``"sparse"`` or ``"dense"`` path of the passes."""
+        out = self.divided(1.0)
+        out.form = path
+        return out
+
+    def density(self) -> float:
+        """Fraction of non-zero entries (from :meth:`summary`)."""
+        p, n = self.shape
+        return self.summary().nonzero / max(1, p * n)
+
     # ---------------------------------------------------------------- reads
-    def band(self, i: int) -> np.ndarray:
-        """Band ``i`` (its rows, all channels) in memory, cast and divided like dense data."""
-        values = np.array(self.array.blocks[i].compute(), dtype=self.dtype)  # never a view
+    def band(self, i: int, form: str = "dense"):
+        """Band ``i`` (its rows, all channels) in memory.
+
+        ``form``: ``"raw"``, the values as stored (for example ``uint16``
+        counts); ``"sparse"``, compressed to CSR of :attr:`dtype` and divided
+        like the in-memory sparse data; ``"blocks"``, that CSR matrix split
+        into the row blocks of the sparse path
+        (:class:`~espm_lite.kernels.SparseData`, rows of the whole data);
+        ``"dense"``, an array of :attr:`dtype` divided like the in-memory dense
+        data (:meth:`as_values`).
+        """
+        raw = np.asarray(self.array.blocks[i].compute())
+        if form == "raw":
+            return raw
+        if form in ("sparse", "blocks"):
+            matrix = compress_rows(raw, self.dtype)
+            if self.scale != 1.0:  # as the in-memory sparse data are divided
+                matrix.data *= self.dtype.type(1.0 / self.scale)
+            if form == "blocks":
+                from .sparse_data import SparseData  # which imports this module
+
+                return SparseData(matrix, row_offset=self.bands[i].start)
+            return matrix
+        return self.as_values(raw)
+
+    def as_values(self, raw: np.ndarray) -> np.ndarray:
+        """Raw values (a band or part of one) as a new array of :attr:`dtype`, divided."""
+        values = np.array(raw, dtype=self.dtype)  # never a view
         if self.scale != 1.0:
             values /= self.dtype.type(self.scale)
         return values
 
-    def iter_bands(self) -> Iterator[tuple[slice, np.ndarray]]:
-        """``(rows, values)`` of every band in order, the next band read meanwhile."""
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="espm_lite_read") as reader:
-            pending = reader.submit(self.band, 0) if self.bands else None
+    def iter_bands(self, form: str = "dense") -> Iterator[tuple[slice, np.ndarray]]:
+        """``(rows, values)`` of every band in order (see :meth:`band` for ``form``).
+
+        The next band is read meanwhile, in a reading thread that also
+        compresses it (``"sparse"``, ``"blocks"``: :data:`READ_AHEAD` bands,
+        in as many threads, so that one is compressed while the next is read);
+        dense values are made from the raw band when it is handed over, so that
+        the bands in flight hold the raw size.
+        """
+        read = partial(self.band, form="raw" if form == "dense" else form)
+        ahead = READ_AHEAD if form in ("sparse", "blocks") else 1
+        with ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="espm_lite_read") as reader:
+            pending = [reader.submit(read, i) for i in range(min(ahead, len(self.bands)))]
             for i, rows in enumerate(self.bands):
-                values = pending.result()
-                if i + 1 < len(self.bands):
-                    pending = reader.submit(self.band, i + 1)
-                yield rows, values
+                values = pending.pop(0).result()
+                if i + ahead < len(self.bands):
+                    pending.append(reader.submit(read, i + ahead))
+                yield rows, self.as_values(values) if form == "dense" else values
 
     def summary(self) -> ChunkSummary:
         """One pass over the raw values: checks and sums (cached)."""
         if "summary" not in self._cache:
             raw = self.divided(1.0)
-            raw.scale = 1.0
+            raw.scale = 1.0  # raw.iter_bands(): the values cast, not divided
             sums, total, xlogx, squares, nonzero = [], 0.0, 0.0, 0.0, 0
             bands = tqdm(
                 raw.iter_bands(),
@@ -207,22 +262,30 @@ class ChunkedData:
 
     def _times(self, M: np.ndarray) -> np.ndarray:
         """``X @ M`` (p, l), one pass."""
-        return np.concatenate([values @ M for _, values in self.iter_bands()], axis=0)
+        return np.concatenate(
+            [np.asarray(values @ M) for _, values in self.iter_bands(self.form)], axis=0
+        )
 
     def _transpose_times(self, M: np.ndarray) -> np.ndarray:
         """``X^T @ M`` (n, l), one pass (``M`` has a row per pixel)."""
         out = np.zeros((self.shape[1], M.shape[1]))
-        for rows, values in self.iter_bands():
+        for rows, values in self.iter_bands(self.form):
             out += values.T @ M[rows]
         return out
 
 
 @dataclass(frozen=True)
 class BandView:
-    """The values of one band and the first row they start at (for :func:`dense_block`)."""
+    """The raw values of one band and the first row they start at (for :func:`dense_block`,
+    which casts and divides each block of rows as :meth:`ChunkedData.as_values`)."""
 
     values: np.ndarray
     start: int
+    data: ChunkedData
+
+    def rows(self, rows: slice) -> np.ndarray:
+        """Rows ``rows`` (of the whole data) as an array of the fit's type, divided."""
+        return self.data.as_values(self.values[rows.start - self.start : rows.stop - self.start])
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -252,7 +252,8 @@ def _setup(
         float(xp.linalg.eigvalsh(gram_d)[-1]) if need_curvature and loss == "l2" else None
     )
     Dt = np.ascontiguousarray(D.T) if ops.numpy else D.T
-    compiled = isinstance(X, SparseData) and loss == "kl" and outer_rows is None
+    sparse = isinstance(X, SparseData) or (isinstance(X, ChunkedData) and X.form == "sparse")
+    compiled = sparse and loss == "kl" and outer_rows is None
     compiled = compiled and _compiled.use_compiled()
     return _PassContext(
         X=X,
@@ -285,9 +286,10 @@ def _run_blocks(
     """
     if isinstance(ctx.X, ChunkedData):  # data on disk: the blocks of each band in turn
         results = []
-        for rows, values in ctx.X.iter_bands():
-            band = replace(ctx, X=BandView(values, rows.start))
-            results.extend(_run_blocks(band, offset=rows.start))
+        sparse = ctx.X.form == "sparse"
+        for rows, values in ctx.X.iter_bands("blocks" if sparse else "raw"):
+            band = values if sparse else BandView(values, rows.start, ctx.X)
+            results.extend(_run_blocks(replace(ctx, X=band), offset=rows.start))
         return results
     sparse = isinstance(ctx.X, SparseData)
     ops = ctx.ops

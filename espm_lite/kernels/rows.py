@@ -183,6 +183,6 @@ def _by_bands(X: ChunkedData, basis: np.ndarray, start, options: dict) -> np.nda
     """:func:`coefficient_rows` of data left on disk, band by band (rows are independent)."""
     parts = [
         coefficient_rows(values, basis, start=None if start is None else start[rows], **options)
-        for rows, values in X.iter_bands()
+        for rows, values in X.iter_bands(X.form)
     ]
     return np.concatenate(parts, axis=0)

@@ -63,7 +63,7 @@ def dense_block(X, rows: slice) -> np.ndarray:
     forced to take.
     """
     if isinstance(X, BandView):  # one band of data read from disk
-        return X.values[rows.start - X.start : rows.stop - X.start]
+        return X.rows(rows)
     if isinstance(X, DensifiedRows):
         X = X.csr
     if sp.issparse(X):
@@ -145,9 +145,12 @@ class SparseData(_CSRBacked):
         canonical CSR matrix is used without copy).
     block_nnz : int, optional
         Stored entries per block (default :data:`SPARSE_BLOCK_NNZ`).
+    row_offset : int, default=0
+        Row of the whole data that the first row of ``X`` is (a band of data read
+        from disk): the blocks' ``rows`` index the whole data's maps.
     """
 
-    def __init__(self, X, block_nnz: int | None = None):
+    def __init__(self, X, block_nnz: int | None = None, row_offset: int = 0):
         csr = canonical_csr(X)
         self.csr = csr
         p, n = csr.shape
@@ -167,7 +170,8 @@ class SparseData(_CSRBacked):
             )
             local_rows = np.repeat(np.arange(stop - start, dtype=np.intp), np.diff(local_indptr))
             cols = csr.indices[lo:hi].astype(np.intp)
-            blocks.append(SparseRowBlock(slice(int(start), int(stop)), matrix, local_rows, cols))
+            rows = slice(int(start) + row_offset, int(stop) + row_offset)
+            blocks.append(SparseRowBlock(rows, matrix, local_rows, cols))
         self.blocks: list[SparseRowBlock] = blocks
 
     @property
@@ -231,7 +235,7 @@ def choose_path(X, sparse="auto") -> str:
 
     Parameters
     ----------
-    X : ndarray or sparse matrix
+    X : ndarray, sparse matrix or ChunkedData
     sparse : {"auto", True, False} or float in (0, 1]
         ``True`` / ``False`` force the path.  ``"auto"``: sparse matrices take
         the sparse path, dense arrays take it when their density is below
@@ -249,6 +253,8 @@ def choose_path(X, sparse="auto") -> str:
         return "sparse" if sparse else "dense"
     if sp.issparse(X):
         return "sparse"
+    if isinstance(X, ChunkedData):
+        return "sparse" if X.density() < threshold else "dense"
     return "sparse" if density(X) < threshold else "dense"
 
 
@@ -259,6 +265,8 @@ def prepare_data(X, path: str):
     O(nnz) memory).  ``"dense"``: dense ``X`` as is, sparse ``X`` wrapped in
     :class:`DensifiedRows` (densified block by block at every pass).
     """
+    if isinstance(X, ChunkedData):  # data on disk: each band read for the path
+        return X.with_path(path)
     if path == "sparse":
         return X if isinstance(X, SparseData) else SparseData(X)
     if path != "dense":

@@ -20,6 +20,7 @@ import numpy as np
 from .. import kernels
 from .._initialization import kmeans_factors
 from .._problem import Problem
+from ..kernels import column_sums
 from ..kernels import least_squares as lsq
 from ._base import ArrayState, FitState, Result, RngFactory, Solver
 
@@ -79,7 +80,7 @@ class Frobenius(Solver):
     def terms(self, problem: Problem, state, XD: np.ndarray, gram_D: np.ndarray) -> dict:
         data = lsq.frobenius_from_products(problem.x_constants[0], XD, state.A, gram_D)
         l1 = np.broadcast_to(self.map_l1(problem, state), (state.A.shape[1],))
-        return {"data": data, "l1_reg_loss": float(state.A.sum(axis=0) @ l1)}
+        return {"data": data, "l1_reg_loss": float(column_sums(state.A) @ l1)}
 
     def objective(self, problem: Problem, state) -> dict[str, float]:
         D = self.spectra(problem, state)
@@ -173,7 +174,7 @@ class SemiNMF(Frobenius):
         """Proximal-gradient steps on ``D``: ``1/2||X - A D^T||^2 + lambda sum_r a_r ||d_r||``."""
         D = state.W  # G is None here
         lipschitz = float(np.linalg.eigvalsh(gram_A)[-1])
-        weights = self.sparsity * state.A.sum(axis=0) / lipschitz
+        weights = self.sparsity * column_sums(state.A) / lipschitz
         for _ in range(PROX_STEPS):
             Z = D - (D @ gram_A - XtA) / lipschitz
             norms = np.linalg.norm(Z, axis=0)
@@ -227,7 +228,7 @@ class ConvexSolver(Frobenius):
         B = self.rng().random((p, k)) + 0.1 if self.init == "random" else A.copy()
         if problem.A0 is not None:
             A = problem.A0 / problem.scale_of("H")
-        B = B / B.sum(axis=0, keepdims=True)
+        B = B / column_sums(B)
         if problem.A0 is None:
             # Maps at the scale of the start spectra (least squares in a common factor).
             D = np.asarray(X.T @ B)
@@ -252,7 +253,7 @@ class ConvexSolver(Frobenius):
             KA = np.asarray(X @ np.asarray(X.T @ A))
             B[...] = sqrt_update(B, KA, KB @ (A.T @ A), floor)
             if self.strict_convex:
-                sums = B.sum(axis=0)
+                sums = column_sums(B)
                 B /= sums
                 A *= sums
         else:
@@ -275,7 +276,7 @@ class ConvexSolver(Frobenius):
         np.maximum(state.A, problem.floor, out=state.A)
         np.maximum(state.B, problem.floor, out=state.B)
         if self.strict_convex:
-            state.B /= state.B.sum(axis=0)
+            state.B /= column_sums(state.B)
 
     def loss_terms(self, problem: Problem, state: FitState) -> dict[str, float]:
         """Objective of given spectra ``W`` (n, k) and maps ``A``."""

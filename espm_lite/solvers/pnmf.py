@@ -22,6 +22,7 @@ from sklearn.utils import check_random_state
 
 from .. import kernels
 from .._problem import Problem
+from ..kernels import column_means, column_sums
 from ..kernels.rows import coefficient_rows, least_squares_start, solve_rows
 from ._base import (
     FitState,
@@ -129,12 +130,12 @@ class VariationalPoisson(Solver):
 
     def _weighted_colsum(self, problem: Problem, state: PNMFState) -> np.ndarray:
         """``weight * c_l``, ``c_l = sum_j D_jl``, in float64."""
-        return self.weight * self.spectra(problem, state).sum(axis=0, dtype=np.float64)
+        return self.weight * column_sums(self.spectra(problem, state), np.float64)
 
     def _update_prior(self, state: PNMFState) -> None:
-        mean = state.mu.mean(axis=0) if self.fixed_mean is None else self.fixed_mean
+        mean = column_means(state.mu) if self.fixed_mean is None else self.fixed_mean
         if self.fixed_var is None:
-            var = np.maximum(((state.mu - mean) ** 2 + state.var).mean(axis=0), PRIOR_VAR_MIN)
+            var = np.maximum(column_means((state.mu - mean) ** 2 + state.var), PRIOR_VAR_MIN)
         else:
             var = self.fixed_var
         state.prior_mean[...] = mean
@@ -152,21 +153,21 @@ class VariationalPoisson(Solver):
         return np.ascontiguousarray(np.exp(F).astype(state.W.dtype))
 
     def _terms(self, problem, state: PNMFState, log_rate: float, mean_maps, kl) -> dict:
-        c = self.spectra(problem, state).sum(axis=0, dtype=np.float64)
+        c = column_sums(self.spectra(problem, state), np.float64)
         data = self.weight * (log_rate + float(c @ mean_maps)) + self.const
         return {"data": data, "KL_prior_loss": kl}
 
     def objective(self, problem: Problem, state: PNMFState) -> dict[str, float]:
         """``-ELBO`` terms: ``-sum X' E log Y'`` under the bound (a pass per draw for mc)."""
         D = self.spectra(problem, state)
-        col_d = D.sum(axis=0)
+        col_d = column_sums(D)
         total = 0.0
         for eps in self._draws(state) if self.bound == "mc" else [None]:
             A = state.A if eps is None else self._draw_maps(state, eps)
             result = kernels.data_pass(problem.data, A, D, need_w_terms=False)
-            total += result.data_loss - float(np.vdot(col_d, A.sum(axis=0)))
+            total += result.data_loss - float(np.vdot(col_d, column_sums(A)))
         log_rate = total / self.n_mc if self.bound == "mc" else total
-        mean_maps = np.exp(state.mu + 0.5 * state.var).sum(axis=0)
+        mean_maps = column_sums(np.exp(state.mu + 0.5 * state.var))
         kl = kl_normal(state.mu, state.var, state.prior_mean, state.prior_var)
         return self._terms(problem, state, log_rate, mean_maps, kl)
 
@@ -185,7 +186,7 @@ class VariationalPoisson(Solver):
         D = self.spectra(problem, state)
         mu, var = state.mu, state.var
         kl_old = kl_normal(mu, var, state.prior_mean, state.prior_var)
-        mean_maps_old = np.exp(mu + 0.5 * var).sum(axis=0)
+        mean_maps_old = column_sums(np.exp(mu + 0.5 * var))
         if self.bound == "jensen":
             log_rate, w_negative = self._jensen_step(problem, state, D)
         else:
@@ -196,7 +197,7 @@ class VariationalPoisson(Solver):
             state,
             w_negative,
             simplex_tol=self.simplex_tol,
-            map_colsum=np.exp(mu + 0.5 * var).sum(axis=0),
+            map_colsum=column_sums(np.exp(mu + 0.5 * var)),
         )
         self._update_prior(state)
         return terms
@@ -205,7 +206,7 @@ class VariationalPoisson(Solver):
         """The posterior step in the same pass as the spectra terms."""
         mu, var, dtype = state.mu, state.var, state.W.dtype
         prior_mean, prior_var = state.prior_mean, state.prior_var
-        c_weighted = self.weight * D.sum(axis=0, dtype=np.float64)
+        c_weighted = self.weight * column_sums(D, np.float64)
 
         def rule(rows, negative, positive, curvature):
             S = self.weight * state.A[rows].astype(np.float64) * negative
@@ -217,14 +218,14 @@ class VariationalPoisson(Solver):
             var[rows] = sigma * sigma
             return np.exp(new_mu).astype(dtype)
 
-        old_term = float(np.vdot(D.sum(axis=0), state.A.sum(axis=0)))
+        old_term = float(np.vdot(column_sums(D), column_sums(state.A)))
         result = kernels.data_pass(problem.data, state.A, D, map_rule=rule)
         return result.data_loss - old_term, result.w_negative
 
     def _mc_step(self, problem: Problem, state: PNMFState, D: np.ndarray):
         """The posterior step from ``n_mc`` fixed draws (two passes per draw)."""
         mu, var, dtype = state.mu, state.var, state.W.dtype
-        col_d = D.sum(axis=0)
+        col_d = column_sums(D)
         S, T = np.zeros_like(mu), np.zeros_like(mu)
         log_rate = 0.0
         for eps in self._draws(state):
@@ -236,13 +237,13 @@ class VariationalPoisson(Solver):
                 T[rows] += eps[rows] * part
                 return A_s[rows]
 
-            old_term = float(np.vdot(col_d, A_s.sum(axis=0)))
+            old_term = float(np.vdot(col_d, column_sums(A_s)))
             result = kernels.data_pass(problem.data, A_s, D, map_rule=capture, need_w_terms=False)
             log_rate += result.data_loss - old_term
         log_rate /= self.n_mc
         S *= self.weight / self.n_mc
         T *= self.weight / self.n_mc
-        c_weighted = self.weight * D.sum(axis=0, dtype=np.float64)
+        c_weighted = self.weight * column_sums(D, np.float64)
         sigma = np.sqrt(var)
         mu[...] = update_mean(
             S, c_weighted * np.exp(0.5 * var), mu, state.prior_mean, state.prior_var
@@ -346,7 +347,7 @@ def posterior_of_pixels(
     """
     dtype = D.dtype
     data = kernels.prepare_data(X, kernels.choose_path(X, sparse))
-    c = D.sum(axis=0, dtype=np.float64)
+    c = column_sums(D, np.float64)
     if start is None:
         mu = np.log(least_squares_start(X, D.astype(np.float64), 1e-12))
         sigma = update_std(0.0, c * np.exp(mu), np.full_like(mu, 0.3), prior_var, max_iter=100)
@@ -388,6 +389,6 @@ def spectra_of_channels(
     dtype = maps.dtype
     if start is None:
         start = least_squares_start(X, mean_maps.astype(np.float64), 1e-12)
-    linear = mean_maps.sum(axis=0, dtype=np.float64)
+    linear = column_sums(mean_maps, np.float64)
     C = coefficient_rows(X, maps, floor=floor, linear=linear, start=start)
     return np.ascontiguousarray(C.astype(dtype, copy=False))
