@@ -12,6 +12,7 @@ import espm_lite
 from espm_lite import PNMF, SmoothNMF, config_context, get_config, set_config
 from espm_lite.kernels import SparseData, compiled, data_pass
 from espm_lite.kernels.compiled import compress_rows
+from espm_lite.kernels.newton_rows import newton_rows
 
 SHAPE, N_CHANNELS, K = (6, 8), 60, 3  # the conftest fixture low_counts (n, p)
 
@@ -188,3 +189,23 @@ def test_compressed_rows_are_scipys_csr(engine, raw_dtype, dtype):
     np.testing.assert_array_equal(matrix.indices, reference.indices)
     np.testing.assert_array_equal(matrix.data, reference.data)
     np.testing.assert_array_equal(values, before)
+
+
+@pytest.mark.parametrize("k", [3, 10])
+@pytest.mark.parametrize("with_sparsity", [False, True])
+def test_exact_row_solves_are_the_same_with_both_engines(k, with_sparsity):
+    # The compiled objective, gradient and Hessian of the row problems against NumPy's,
+    # with k above UNROLLED_MAX_K as well; rows with no counts included.
+    rng = np.random.default_rng(k)
+    basis = rng.random((120, k)) + 0.05
+    X = rng.poisson(rng.random((60, k)) @ basis.T * 3).astype(float)
+    X[5] = 0
+    X = sp.csr_matrix(X)
+    start = rng.random((60, k)) + 0.1
+    sparsity = (np.linspace(0, 1, k), 1.0) if with_sparsity else None
+    out = {}
+    for engine in ("numba", "numpy"):
+        with config_context(engine=engine):
+            out[engine] = newton_rows(X, basis, start, floor=1e-12, sparsity=sparsity)
+    np.testing.assert_allclose(out["numba"], out["numpy"], rtol=1e-10, atol=1e-12)
+    assert compiled.UNROLLED_MAX_K < 10

@@ -11,7 +11,10 @@ arrays of ``nnz`` entries, then multiplies a CSR matrix of the ratios by ``D``
   for the data term) and, in the same loop, the negative part of the gradient
   in the maps, ``(R_b D)_r = \sum_{e \in r} (x_e / y_e) D_{c_e}``;
 * :func:`kl_spectra_terms`: with the updated maps, the model again and the
-  spectra term ``(R_b^T A_b)_c \mathrel{+}= (x_e / y_e) A_{r_e}``.
+  spectra term ``(R_b^T A_b)_c \mathrel{+}= (x_e / y_e) A_{r_e}``;
+* :func:`kl_row_terms`: the objective, gradient and Hessian of the exact row
+  solves (:mod:`espm_lite.kernels.newton_rows`), whose logarithms are taken in
+  the loop (each row needs its own sum).
 
 The logarithms of the data term, ``\sum_e x_e \log y_e``, are taken by NumPy
 on the ``y`` buffer: its vectorised ``log`` is several times faster than the
@@ -110,7 +113,42 @@ def _kernels(k: int | None):
                 for j in range(n_phases):
                     w_negative[c, j] += t * A[r, j]
 
-    return {"map": map_terms, "spectra": spectra_terms}
+    def row_terms(indptr, cols, values, which, C, A, s, f, g, H, hessian):
+        n_phases = C.shape[1] if k is None else k
+        sums = np.zeros(n_phases, dtype=f.dtype)
+        for i in range(which.shape[0]):
+            r = which[i]
+            linear = C[i, 0] * s[0]
+            for j in range(1, n_phases):
+                linear += C[i, j] * s[j]
+            log_sum = 0.0
+            if hessian:
+                for j in range(n_phases):
+                    sums[j] = 0
+                    for m in range(n_phases):
+                        H[i, j, m] = 0
+            for e in range(indptr[r], indptr[r + 1]):
+                c = cols[e]
+                y = C[i, 0] * A[c, 0]
+                for j in range(1, n_phases):
+                    y += C[i, j] * A[c, j]
+                x = values[e]
+                log_sum += x * np.log(y)
+                if hessian:
+                    t = x / y
+                    u = x / (y * y)
+                    for j in range(n_phases):
+                        sums[j] += t * A[c, j]
+                        for m in range(j, n_phases):
+                            H[i, j, m] += u * (A[c, j] * A[c, m])
+            f[i] = linear - log_sum
+            if hessian:
+                for j in range(n_phases):
+                    g[i, j] = s[j] - sums[j]
+                    for m in range(j + 1, n_phases):
+                        H[i, m, j] = H[i, j, m]
+
+    return {"map": map_terms, "spectra": spectra_terms, "rows": row_terms}
 
 
 @cache
@@ -151,6 +189,23 @@ def kl_spectra_terms(block, A_b, D, w_negative) -> None:
 #: Rows of :func:`compress_rows` are split between the threads in parts of at least
 #: this many rows.
 COMPRESS_ROWS = 1024
+
+
+def kl_row_terms(csr, which, C, A, s, hessian: bool):
+    r"""Objective, gradient and Hessian of the KL row problems of
+    :mod:`espm_lite.kernels.newton_rows` (without the sparsity term), in one loop.
+
+    For the rows ``which`` of ``csr`` (``x``) and their coefficients ``C`` (one
+    row each): ``f = s^T c - \sum_e x_e \log y_e``, ``g = s - A^T (x / y)``
+    and ``H = A^T \operatorname{diag}(x / y^2) A`` with ``y = A c`` at the
+    stored entries; ``g`` and ``H`` are None unless ``hessian``. float64.
+    """
+    n_rows, k = C.shape
+    f = np.empty(n_rows)
+    g = np.empty((n_rows, k)) if hessian else np.empty((0, k))
+    H = np.empty((n_rows, k, k)) if hessian else np.empty((0, k, k))
+    _kernel("rows", k)(csr.indptr, csr.indices, csr.data, which, C, A, s, f, g, H, hessian)
+    return f, (g if hessian else None), (H if hessian else None)
 
 
 def _row_counts(values, counts):

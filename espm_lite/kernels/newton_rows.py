@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from . import compiled
 from ._array_ops import column_sums
 from .threads import num_threads, run_parts
 
@@ -47,6 +48,7 @@ class _Rows:
     dense: np.ndarray | None
     csr: sp.csr_matrix | None
     local_rows: np.ndarray | None  # row of each stored entry (CSR)
+    which: np.ndarray | None = None  # compiled kernels: these rows of ``csr``
 
 
 def _csr_rows(csr: sp.csr_matrix) -> _Rows:
@@ -54,7 +56,10 @@ def _csr_rows(csr: sp.csr_matrix) -> _Rows:
     return _Rows(None, csr, np.repeat(np.arange(csr.shape[0]), np.diff(csr.indptr)))
 
 
-def _block(X, rows: slice) -> _Rows:
+def _block(X, rows: slice, compiled: bool = False) -> _Rows:
+    if sp.issparse(X) and compiled:  # the kernels read the rows in place
+        block = X[rows]
+        return _Rows(None, block, None, np.arange(block.shape[0]))
     if sp.issparse(X):
         return _csr_rows(X[rows])
     return _Rows(np.asarray(X[rows], dtype=np.float64), None, None)
@@ -68,6 +73,13 @@ def _outer(A: np.ndarray) -> np.ndarray:
 def _terms(block: _Rows, C, A, s, sparsity, hessian: bool):
     """Objective per row, and (optionally) gradient and Hessian of the block."""
     mu, eps = sparsity
+    if block.which is not None:
+        f, g, H = compiled.kl_row_terms(block.csr, block.which, C, A, s, hessian)
+        if mu is not None:
+            f = f + np.log(C + eps) @ mu
+            if hessian:
+                g = g + mu / (C + eps)
+        return f, g, H
     f = C @ s
     if mu is not None:
         f = f + np.log(C + eps) @ mu
@@ -198,6 +210,8 @@ def _solve_block(block: _Rows, C, A, s, sparsity, floor, max_iter, tol):
 
 
 def _subset(block: _Rows, rows: np.ndarray) -> _Rows:
+    if block.which is not None:
+        return _Rows(None, block.csr, None, block.which[rows])
     if block.dense is not None:
         return _Rows(block.dense[rows], None, None)
     return _csr_rows(block.csr[rows])
@@ -250,12 +264,15 @@ def newton_rows(
     X = sp.csr_matrix(X, dtype=np.float64)
     X.sum_duplicates()
     C = np.array(np.maximum(start, floor), dtype=np.float64)
+    with_kernels = compiled.use_compiled()
+    A = np.ascontiguousarray(A)
     n_rows = C.shape[0]
     blocks = [slice(lo, min(lo + BLOCK_ROWS, n_rows)) for lo in range(0, n_rows, BLOCK_ROWS)]
 
     def solve(my_blocks: list[slice]) -> None:
         for rows in my_blocks:
-            C[rows] = _solve_block(_block(X, rows), C[rows], A, s, terms, floor, max_iter, tol)
+            block = _block(X, rows, with_kernels)
+            C[rows] = _solve_block(block, C[rows], A, s, terms, floor, max_iter, tol)
 
     # Rows are independent: the blocks run on the data-pass threads, and the
     # result does not depend on how many there are.
