@@ -18,7 +18,8 @@ into *bands* (rows of chunks, each with all the channels), and
   the data scale and the checks of the values (finite, non-negative) come from
   one first pass (:meth:`ChunkedData.summary`).
 
-Only the factors, two bands and the per-block temporaries are in memory.  The
+Only the factors, a few bands (:data:`READ_AHEAD` ahead, as stored or
+compressed) and the per-block temporaries are in memory.  The
 iterates are those of the in-memory path (dense, or sparse) up to the order of
 the sums (blocks do not cross band borders), so the fits agree to rounding.
 """

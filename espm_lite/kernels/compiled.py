@@ -27,8 +27,8 @@ kernels release the GIL (``nogil``): :func:`~espm_lite.kernels.data_pass`
 runs them on its threads, one group of row blocks per thread, and adds the
 per-thread spectra terms in thread order, so results are deterministic for a
 given thread count. Compiled code is cached on disk (``cache=True``): a new
-process loads it instead of compiling (the first compilation takes about half
-a second per float type on 2 cores).
+process loads it instead of compiling (the first fit compiles the kernels it
+uses, per float type and number of phases: about a second and a half on 2 cores).
 
 :func:`compress_rows` turns a dense band of data read from disk into CSR in
 two passes over it (entries per row, then the entries), in the band's own type
