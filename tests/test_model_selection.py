@@ -127,3 +127,14 @@ def test_hyperspy_signal_estimates_and_decomposes(three_phases, caplog):
         s.decomposition(output_dimension="auto", verbose=0, max_iter=50)
     assert s.learning_results.factors.shape[1] == 3
     assert "output_dimension='auto'" in caplog.text
+
+
+@pytest.mark.usefixtures("quiet_convergence")
+def test_a_lazy_signal_is_scored_within_max_memory(three_phases):
+    s = three_phases.to_signal("spectrum_image").as_lazy()
+    eager = three_phases.to_signal("spectrum_image")
+    options = dict(candidates=[2, 3], n_folds=2, max_iter=20, random_state=0, progress=False)
+    lazy = s.estimate_n_components(max_memory="100MB", **options)
+    np.testing.assert_allclose(lazy.scores, eager.estimate_n_components(**options).scores)
+    with pytest.raises(MemoryError, match="max_memory='10kB'.*s.inav"):
+        s.estimate_n_components(max_memory="10kB", **options)

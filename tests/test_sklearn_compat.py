@@ -24,6 +24,7 @@ ESPM_SETTINGS = dict(
         SmoothNMF(verbose=0, hspy_comp=True),
         SmoothNMF(verbose=0, hspy_comp=False, **ESPM_SETTINGS),
         SmoothNMF(verbose=0, hspy_comp=False, lambda_L=2, **ESPM_SETTINGS),
+        SmoothNMF(verbose=0, hspy_comp=True, partial_fit_rounds=2),
         PNMF(verbose=0),
         PNMF(verbose=0, hspy_comp=True),
         SNMF(verbose=0),

@@ -29,6 +29,7 @@ class NComponentsMixin:
         fraction: float = 0.1,
         random_state=None,
         progress: bool = True,
+        max_memory=None,
         **kwargs,
     ):
         """Choose the number of phases by the Poisson deviance of held-out entries.
@@ -58,6 +59,11 @@ class NComponentsMixin:
             Also plot the scores (:meth:`plot_n_components_scores`).
         n_folds, fraction, random_state, progress
             See :func:`~espm_lite.model_selection.select_n_components`.
+        max_memory : int, str or None, default=None
+            A lazy signal is read into memory once (dense, since the scoring
+            fits mask single entries), up to this many bytes (``"8GB"``;
+            default half of the available memory); a larger one raises
+            ``MemoryError``: score a crop (``s.inav[...]``) instead.
         **kwargs
             Parameters of the scoring estimator (with ``algorithm``), or
             ``max_iter`` / ``tol`` of the scoring fits.
@@ -70,7 +76,9 @@ class NComponentsMixin:
         from ..model_selection import select_n_components
 
         fit_options = {key: kwargs.pop(key) for key in ("max_iter", "tol") if key in kwargs}
-        estimator, masked, shape_2d = self._n_components_setup(algorithm, signal_mask, kwargs)
+        estimator, masked, shape_2d = self._n_components_setup(
+            algorithm, signal_mask, kwargs, max_memory
+        )
         result = select_n_components(
             masked.X if estimator is not None else masked.X.T,  # a view: (channels, pixels)
             candidates,
@@ -92,10 +100,11 @@ class NComponentsMixin:
             self.plot_n_components_scores()
         return result
 
-    def _n_components_setup(self, algorithm, signal_mask, kwargs):
+    def _n_components_setup(self, algorithm, signal_mask, kwargs, max_memory=None):
         """``(scoring estimator, masked data, shape_2d)`` of :meth:`estimate_n_components`."""
         from .._lazy import in_memory, is_dask_array
         from ..estimators.smooth_nmf import SmoothNMF
+        from ..kernels.chunked import ChunkedData
         from ._options import resolve_estimator
 
         n_channels = self.axes_manager.signal_size
@@ -107,8 +116,15 @@ class NComponentsMixin:
             estimator.set_params(hspy_comp=True)
         masked = self._espm_masked_data(None, sig_mask)
         if is_dask_array(masked.X):  # the scoring fits share one copy in memory
-            reader = SmoothNMF(hspy_comp=True, sparse=False, verbose=0)
-            masked = dataclasses.replace(masked, X=in_memory(reader, masked.X))
+            reader = SmoothNMF(hspy_comp=True, sparse=False, verbose=0, max_memory=max_memory)
+            X = in_memory(reader, masked.X, where="estimate_n_components (the signal's data)")
+            if isinstance(X, ChunkedData):  # too large: the masked scoring fits need it all
+                raise MemoryError(
+                    f"estimate_n_components holds the data in memory, dense ({X.shape[0]} x "
+                    f"{X.shape[1]} values), and they exceed max_memory={max_memory!r}: pass a "
+                    "larger max_memory, or score a crop of the scan (s.inav[...])."
+                )
+            masked = dataclasses.replace(masked, X=X)
         if estimator is None:  # the default of select_n_components, pixels as rows
             estimator = SmoothNMF(hspy_comp=True, verbose=0)
             shape_2d = self._espm_grid(estimator, masked.nav_shape, None)
