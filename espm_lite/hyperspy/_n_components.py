@@ -60,10 +60,9 @@ class NComponentsMixin:
         n_folds, fraction, random_state, progress
             See :func:`~espm_lite.model_selection.select_n_components`.
         max_memory : int, str or None, default=None
-            A lazy signal is read into memory once (dense, since the scoring
-            fits mask single entries), up to this many bytes (``"8GB"``;
-            default half of the available memory); a larger one raises
-            ``MemoryError``: score a crop (``s.inav[...]``) instead.
+            A lazy signal is read into memory once, dense (the scoring fits
+            mask single entries), within this many bytes (``"8GB"``; default
+            half of the available memory), else ``MemoryError``.
         **kwargs
             Parameters of the scoring estimator (with ``algorithm``), or
             ``max_iter`` / ``tol`` of the scoring fits.
