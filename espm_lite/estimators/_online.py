@@ -57,6 +57,8 @@ def partial_fit(estimator, X):
     if estimator._effective_simplex_W():
         W = W / W.sum(axis=0, keepdims=True)
     W = W.astype(X.dtype)
+    for stale in ("H_", "losses_", "reconstruction_err_", "n_iter_", "_history"):  # of a fit
+        estimator.__dict__.pop(stale, None)
     estimator.W_ = estimator._online_W_ = W
     estimator._online_models = models
     estimator.components_ = np.ascontiguousarray(W.T)

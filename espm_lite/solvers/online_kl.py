@@ -130,9 +130,9 @@ def nonnegative_quadratic(Q: np.ndarray, q: np.ndarray, start: np.ndarray, floor
         both = free[:, :, None] & free[:, None, :]
         system = np.where(both, Qr, 0.0) + np.where(~free[:, :, None] & eye, 1.0, 0.0)
         diag = np.einsum("ckk->ck", Qr)
-        d = np.where(free, np.linalg.solve(system, np.where(free, -g, 0.0)[..., None])[..., 0], 0.0)
+        newton = np.linalg.solve(system, np.where(free, -g, 0.0)[..., None])[..., 0]
         with np.errstate(over="ignore"):  # a huge step is projected on the floor
-            d = np.where(free, d, -g / diag)
+            d = np.where(free, newton, -g / diag)
         t = np.ones(p)
         new = w.copy()
         pending = active.copy()
