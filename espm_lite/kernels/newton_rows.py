@@ -65,8 +65,8 @@ def _block(X, rows: slice, compiled: bool = False) -> _Rows:
     return _Rows(np.asarray(X[rows], dtype=np.float64), None, None)
 
 
-def _outer(A: np.ndarray) -> np.ndarray:
-    """Rows ``A_j (x) A_j`` ``(n, k*k)``: ``(x / y^2) @ _outer(A)`` is the Hessian."""
+def outer_rows(A: np.ndarray) -> np.ndarray:
+    """Rows ``A_j (x) A_j`` ``(n, k*k)``: ``(x / y^2) @ outer_rows(A)`` is the Hessian."""
     return (A[:, :, None] * A[:, None, :]).reshape(A.shape[0], -1)
 
 
@@ -93,7 +93,7 @@ def _terms(block: _Rows, C, A, s, sparsity, hessian: bool):
         R = np.divide(X, Y, out=np.zeros_like(X), where=X > 0)
         g = s - R @ A
         W = np.divide(R, Y, out=np.zeros_like(R), where=X > 0)
-        H = (W @ _outer(A)).reshape(-1, A.shape[1], A.shape[1])
+        H = (W @ outer_rows(A)).reshape(-1, A.shape[1], A.shape[1])
     else:
         csr = block.csr
         y = np.einsum("ek,ek->e", C[block.local_rows], A[csr.indices])
@@ -104,7 +104,7 @@ def _terms(block: _Rows, C, A, s, sparsity, hessian: bool):
         ratio = sp.csr_matrix((x / y, csr.indices, csr.indptr), shape=csr.shape)
         g = s - np.asarray(ratio @ A)
         curv = sp.csr_matrix((x / (y * y), csr.indices, csr.indptr), shape=csr.shape)
-        H = np.asarray(curv @ _outer(A)).reshape(-1, A.shape[1], A.shape[1])
+        H = np.asarray(curv @ outer_rows(A)).reshape(-1, A.shape[1], A.shape[1])
     if mu is not None:
         g = g + mu / (C + eps)
     return f, g, H
