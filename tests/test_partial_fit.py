@@ -22,15 +22,15 @@ def phantom():
 
 
 def _stream(est, X, passes):
-    """``passes`` passes over a lazy signal's 16 chunks, as a streaming reader sees it."""
+    """``passes`` passes over a lazy signal's 16 chunks; the spectra after each pass."""
     lazy = da.from_array(X, chunks=(X.shape[0] // N_BATCHES, -1))
     assert lazy.numblocks[0] == N_BATCHES
-    angles = []
+    spectra = []
     for _ in range(passes):
         for block in lazy.blocks:
             est.partial_fit(block.compute())
-        angles.append(est.W_.copy())
-    return angles
+        spectra.append(est.W_.copy())
+    return spectra
 
 
 def test_passes_over_the_batches_come_within_2_degrees_of_the_batch_fit(phantom):
