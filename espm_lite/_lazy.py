@@ -189,8 +189,12 @@ def _banded(Xi, itemsize: int, budget: int):
 
 
 def _bands(Xi) -> list:
-    """The rows of dask chunks of ``Xi`` (each band: all its channels)."""
-    return [Xi.blocks[i] for i in range(Xi.numblocks[0])]
+    """The rows of dask chunks of ``Xi`` (each band: all its channels), a dask task each.
+
+    Tasks rather than ``Xi.blocks[i]``: a block handed to a task is first copied by
+    dask's finalisation of an array; a task hands over the chunk as read.
+    """
+    return list(Xi.to_delayed().ravel())
 
 
 def _groups(bands: list, verbose) -> list[list]:

@@ -11,7 +11,7 @@ import scipy.sparse as sp
 import espm_lite
 from espm_lite import PNMF, SmoothNMF, config_context, get_config, set_config
 from espm_lite.kernels import SparseData, compiled, data_pass
-from espm_lite.kernels.compiled import compress_rows
+from espm_lite.kernels.compiled import COMPRESS_ROWS, compress_rows
 from espm_lite.kernels.newton_rows import newton_rows
 
 SHAPE, N_CHANNELS, K = (6, 8), 60, 3  # the conftest fixture low_counts (n, p)
@@ -175,13 +175,17 @@ def test_without_numba_auto_falls_back_and_numba_is_an_error(low_counts, monkeyp
 @pytest.mark.parametrize("engine", ["numba", "numpy"])
 @pytest.mark.parametrize("raw_dtype", [np.uint16, np.int32, np.float32, np.float64])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_compressed_rows_are_scipys_csr(engine, raw_dtype, dtype):
+@pytest.mark.parametrize("n_channels", [5, 16, 70])  # fewer than, a multiple of, FILL_SKIP
+@pytest.mark.parametrize("shared", [True, False])  # on the data-pass threads, or the caller's
+def test_compressed_rows_are_scipys_csr(engine, raw_dtype, dtype, n_channels, shared):
     rng = np.random.default_rng(0)
-    values = rng.poisson(0.3, size=(50, 70)).astype(raw_dtype)
+    values = rng.poisson(0.3, size=(2 * COMPRESS_ROWS + 50, n_channels)).astype(
+        raw_dtype
+    )  # parts on both threads
     values[7] = 0  # an empty row
     before = values.copy()
     with config_context(engine=engine):
-        matrix = compress_rows(values, dtype)
+        matrix = compress_rows(values, dtype, shared=shared)
     reference = sp.csr_matrix(values.astype(dtype))
     assert matrix.dtype == dtype and matrix.shape == values.shape
     assert matrix.has_canonical_format

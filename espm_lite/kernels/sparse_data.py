@@ -19,6 +19,7 @@ only (:func:`data_constants`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import scipy.sparse as sp
@@ -89,7 +90,6 @@ def canonical_csr(X) -> sp.csr_matrix:
     return X
 
 
-@dataclass(frozen=True)
 class SparseRowBlock:
     """One block of rows of a :class:`SparseData`.
 
@@ -103,12 +103,23 @@ class SparseRowBlock:
         Row of each stored entry, relative to ``rows.start``.
     cols : ndarray of intp (nnz_b,)
         Column of each stored entry.
+
+    ``local_rows`` and ``cols`` (16 bytes per stored entry) are made on first use:
+    the NumPy engine needs them, the compiled kernels read the CSR arrays.
     """
 
-    rows: slice
-    matrix: sp.csr_matrix
-    local_rows: np.ndarray
-    cols: np.ndarray
+    def __init__(self, rows: slice, matrix: sp.csr_matrix):
+        self.rows = rows
+        self.matrix = matrix
+
+    @cached_property
+    def local_rows(self) -> np.ndarray:
+        counts = np.diff(self.matrix.indptr)
+        return np.repeat(np.arange(self.matrix.shape[0], dtype=np.intp), counts)
+
+    @cached_property
+    def cols(self) -> np.ndarray:
+        return self.matrix.indices.astype(np.intp)
 
     @property
     def values(self) -> np.ndarray:
@@ -168,10 +179,8 @@ class SparseData(_CSRBacked):
                 shape=(stop - start, n),
                 copy=False,
             )
-            local_rows = np.repeat(np.arange(stop - start, dtype=np.intp), np.diff(local_indptr))
-            cols = csr.indices[lo:hi].astype(np.intp)
             rows = slice(int(start) + row_offset, int(stop) + row_offset)
-            blocks.append(SparseRowBlock(rows, matrix, local_rows, cols))
+            blocks.append(SparseRowBlock(rows, matrix))
         self.blocks: list[SparseRowBlock] = blocks
 
     @property
