@@ -179,9 +179,8 @@ def test_without_numba_auto_falls_back_and_numba_is_an_error(low_counts, monkeyp
 @pytest.mark.parametrize("shared", [True, False])  # on the data-pass threads, or the caller's
 def test_compressed_rows_are_scipys_csr(engine, raw_dtype, dtype, n_channels, shared):
     rng = np.random.default_rng(0)
-    values = rng.poisson(0.3, size=(2 * COMPRESS_ROWS + 50, n_channels)).astype(
-        raw_dtype
-    )  # parts on both threads
+    rows = 2 * COMPRESS_ROWS + 50  # parts on both threads
+    values = rng.poisson(0.3, size=(rows, n_channels)).astype(raw_dtype)
     values[7] = 0  # an empty row
     before = values.copy()
     with config_context(engine=engine):

@@ -219,7 +219,7 @@ def _row_counts(values, counts):
 
 
 #: :func:`_fill_rows` tests this many entries at once and skips them when all are zero
-#: (one vectorised test instead of a branch per entry: 1.3-1.9x faster on a band of
+#: (one vectorised test instead of a branch per entry: 1.2-1.9x faster on a band of
 #: counts 2 % non-zero).
 FILL_SKIP = 8
 
