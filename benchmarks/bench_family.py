@@ -17,10 +17,10 @@ Frobenius losses). Columns:
 from __future__ import annotations
 
 import argparse
-import time
 import warnings
 
 import numpy as np
+from _loop_timer import best_of
 from sklearn.decomposition import NMF
 from sklearn.exceptions import ConvergenceWarning
 
@@ -29,18 +29,9 @@ from espm_lite.datasets import make_spectrum_image
 from espm_lite.measures import matched_angles
 
 
-def _best_of(fit, repeats: int = 2):
-    best, out = np.inf, None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fit()
-        best = min(best, time.perf_counter() - start)
-    return best, out
-
-
 def espm_row(est, X):
     """(seconds, iterations, spectra (n, k), model (n, p)) of an espm_lite estimator."""
-    seconds, est = _best_of(lambda: est.fit(X))
+    seconds, est = best_of(lambda: est.fit(X))
     D = est.W_ if est.G_ is None else est.G_ @ est.W_
     return seconds, est.n_iter_, D, D @ est.H_
 
@@ -55,7 +46,7 @@ def sklearn_row(beta_loss: str, X, tol: float, max_iter: int):
         max_iter=max_iter,
         random_state=0,
     )
-    seconds, maps = _best_of(lambda: est.fit_transform(X.T))
+    seconds, maps = best_of(lambda: est.fit_transform(X.T))
     D = est.components_.T
     return seconds, est.n_iter_, D, D @ maps.T
 

@@ -50,7 +50,7 @@ import tempfile
 import time
 
 import numpy as np
-from _loop_timer import call_seconds, loop_seconds
+from _loop_timer import best_of, call_seconds, loop_seconds
 
 ROWS_PER_CHUNK = 16
 #: max_memory of the sparse case read at every pass: less than twice the CSR form of
@@ -104,16 +104,6 @@ def _read_csr(dataset):
 READ_REPEATS = 3
 
 
-def _best_of(repeats: int, run) -> float:
-    """The shortest wall time of ``repeats`` calls of ``run()``."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def run_case(case: str, path: str, k: int, iters: int, size: int) -> dict:
     """One case in this process: times and peak memory, as a dict."""
     import dask.array as da
@@ -132,7 +122,7 @@ def run_case(case: str, path: str, k: int, iters: int, size: int) -> dict:
                 # As the fit reads: one dask task per chunk, computed in turn.
                 "one dask read s": lambda: [np.asarray(task.compute()) for task in tasks],
             }
-            return {name: _best_of(READ_REPEATS, read) for name, read in reads.items()}
+            return {name: best_of(read, READ_REPEATS)[0] for name, read in reads.items()}
         options = {}
         if case.startswith("from disk"):
             if "every pass, dense" in case:  # the dense path, 1.2 GB: read at every pass
