@@ -38,7 +38,7 @@ import numpy as np
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
-from .kernels.chunked import ChunkedData, check_values
+from .kernels.chunked import ChunkedData, check_values, chunk_tasks
 from .kernels.compiled import compress_rows
 from .kernels.sparse_data import density_threshold
 
@@ -189,12 +189,9 @@ def _banded(Xi, itemsize: int, budget: int):
 
 
 def _bands(Xi) -> list:
-    """The rows of dask chunks of ``Xi`` (each band: all its channels), a dask task each.
-
-    Tasks rather than ``Xi.blocks[i]``: a block handed to a task is first copied by
-    dask's finalisation of an array; a task hands over the chunk as read.
-    """
-    return list(Xi.to_delayed().ravel())
+    """The rows of dask chunks of ``Xi`` (each band: all its channels), a dask task each
+    (:func:`~espm_lite.kernels.chunked.chunk_tasks`: no copy of the chunks)."""
+    return chunk_tasks(Xi)
 
 
 def _groups(bands: list, verbose) -> list[list]:

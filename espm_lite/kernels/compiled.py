@@ -41,7 +41,7 @@ The engine is chosen by :func:`espm_lite.config_context` /
 
 from __future__ import annotations
 
-from functools import cache, partial
+from functools import cache
 
 import numpy as np
 import scipy.sparse as sp
@@ -255,10 +255,6 @@ def _compression_kernels():
     return jit(_row_counts), jit(_fill_rows)
 
 
-def _in_this_thread(run, parts: list) -> None:
-    run(parts)
-
-
 def compress_rows(values, dtype, *, shared: bool = True) -> sp.csr_matrix:
     """The dense 2-D array ``values`` as a canonical CSR matrix of ``dtype``.
 
@@ -279,7 +275,7 @@ def compress_rows(values, dtype, *, shared: bool = True) -> sp.csr_matrix:
     values = np.ascontiguousarray(values)
     count, fill = _compression_kernels()
     p = values.shape[0]
-    # Rows in parts on the data-pass threads (the kernels release the GIL).
+    # Rows in parts, shared by the data-pass threads (the kernels release the GIL).
     size = max(COMPRESS_ROWS, -(-p // num_threads()))
     parts = [slice(lo, min(lo + size, p)) for lo in range(0, p, size)]
     indptr = np.zeros(p + 1, dtype=np.int64)
@@ -288,9 +284,13 @@ def compress_rows(values, dtype, *, shared: bool = True) -> sp.csr_matrix:
         for rows in mine:
             count(values[rows], indptr[rows.start + 1 : rows.stop + 1])
 
-    # Not shared: in the calling thread, without run_parts's BLAS limit (no BLAS here).
-    run = partial(run_parts, threads=len(parts)) if shared else _in_this_thread
-    run(count_parts, parts)
+    def run(pass_over):  # not shared: in this thread, without run_parts's BLAS limit
+        if shared:
+            run_parts(pass_over, parts, len(parts))
+        else:
+            pass_over(parts)
+
+    run(count_parts)
     np.cumsum(indptr, out=indptr)
     indices = np.empty(int(indptr[-1]), dtype=np.int32)
     data = np.empty(int(indptr[-1]), dtype=dtype)
@@ -299,7 +299,7 @@ def compress_rows(values, dtype, *, shared: bool = True) -> sp.csr_matrix:
         for rows in mine:
             fill(values[rows], indptr[rows.start : rows.stop + 1], indices, data)
 
-    run(fill_parts, parts)
+    run(fill_parts)
     matrix = sp.csr_matrix((data, indices, indptr), shape=values.shape, copy=False)
     matrix.has_canonical_format = True  # columns increase within each row, no duplicates
     return matrix
