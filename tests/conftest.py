@@ -1,11 +1,22 @@
+import os
 import warnings
 
 import matplotlib
 import numpy as np
 import pytest
 from sklearn.exceptions import ConvergenceWarning
+from threadpoolctl import threadpool_limits
 
 matplotlib.use("Agg")
+
+#: Under pytest-xdist (``-n auto``) the workers share the cores: each keeps its share of
+#: BLAS threads, so that BLAS threads spinning in one worker do not starve the others.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_BLAS_LIMIT = (
+    threadpool_limits(limits=max(1, (os.cpu_count() or 1) // _WORKERS), user_api="blas")
+    if _WORKERS > 1
+    else None
+)
 
 
 @pytest.fixture(scope="session")
