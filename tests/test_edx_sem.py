@@ -18,7 +18,7 @@ from espm_lite.hyperspy import (  # noqa: E402
 )
 from espm_lite.hyperspy.signals import BULK_SPECIMEN_REASON  # noqa: E402
 
-BCF = pathlib.Path("/work/shared/real_data/bcf_v2_50x50px.bcf")
+BCF = pathlib.Path(__file__).parent / "data" / "bcf_v2_50x50px.bcf"  # see data/README.md
 FIT = dict(output_dimension=2, random_state=0, verbose=0, max_iter=20)
 BASIS_WARNING = r"thin-film EDX model is used as an approximate spectral basis"
 REFUSAL = r"No thin-film quantification.*bulk specimen.*\(ZAF\).*would be wrong"
@@ -153,7 +153,6 @@ def test_the_reason_is_stated():
     assert "bulk specimen" in BULK_SPECIMEN_REASON and "(ZAF)" in BULK_SPECIMEN_REASON
 
 
-@pytest.mark.skipif(not BCF.exists(), reason="real SEM .bcf map not available")
 def test_real_bruker_sem_map():
     signals = hs.load(BCF)
     s = next(x for x in signals if x.axes_manager.signal_dimension == 1).inav[:4, :4]
