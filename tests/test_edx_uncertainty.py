@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from sklearn.exceptions import ConvergenceWarning
 
-from espm_lite import SmoothNMF
+from espm_lite import SmoothNMF, uncertainty
 from espm_lite.datasets import make_edx_spectrum_image
 from espm_lite.quantification import concentration_table
-from espm_lite.uncertainty import phase_fractions, purity_corrected_W
+from espm_lite.uncertainty import bootstrap_uncertainty, phase_fractions, purity_corrected_W
 
 SHAPE = (12, 12)
 
@@ -145,6 +145,37 @@ def test_purity_correction_undoes_a_rotation(phantom):
     corrected = phase_fractions(purity_corrected_W(W1, H1, G), rows, masses)
     np.testing.assert_allclose(corrected, phantom.fractions, atol=1e-12)
     assert np.abs(phase_fractions(W1, rows, masses) - phantom.fractions).max() > 1e-3
+
+
+def test_a_correction_that_moves_with_the_fit_adds_no_spread(phantom, fitted, monkeypatch):
+    """The spread is that of the fit and of the bias estimate ``c~ - c^``, not of ``c~``.
+
+    Refits that only rescale the element rows (same maps) change the fractions
+    and the corrected fractions nearly together: the bias estimate barely moves,
+    so the spread is the fit's own, not the two spreads added in quadrature.
+    """
+    W, H, G = fitted.W_, fitted.H_, phantom.G.values
+    rows = np.asarray(phantom.G.simplex_rows)
+    rng = np.random.default_rng(0)
+
+    def rescaled(estimator, Y, W, H, rng_):
+        return W * rng.uniform(0.97, 1.03, W.shape), H, False
+
+    monkeypatch.setattr(uncertainty, "_replicate", rescaled)
+    masses = np.ones(int(rows.sum()))
+    _, spread = bootstrap_uncertainty(fitted, W, H, G, rows, masses, n_bootstrap=40, progress=False)
+    rng = np.random.default_rng(0)  # the same replicates again
+    fit, corrected = [], []
+    for _ in range(40):
+        Wb, Hb, _ = rescaled(None, None, W, H, None)
+        fit.append(phase_fractions(Wb, rows, masses))
+        corrected.append(phase_fractions(purity_corrected_W(Wb, Hb, G), rows, masses))
+    fit, corrected = np.array(fit), np.array(corrected)
+    s_fit, s_corr = fit.std(axis=0, ddof=1), corrected.std(axis=0, ddof=1)
+    s_bias = (corrected - fit).std(axis=0, ddof=1)
+    np.testing.assert_allclose(spread, np.hypot(s_fit, s_bias), rtol=1e-12)
+    assert s_bias.sum() < 0.2 * s_fit.sum()
+    assert spread.sum() < 0.8 * np.hypot(s_fit, s_corr).sum()
 
 
 def test_hyperspy_method_passes_the_estimator(phantom):
