@@ -10,7 +10,7 @@ import scipy.sparse as sp
 
 import espm_lite
 from espm_lite import PNMF, SmoothNMF, config_context, get_config, set_config
-from espm_lite.kernels import SparseData, compiled, data_pass
+from espm_lite.kernels import SparseData, compiled, data_pass, fused
 from espm_lite.kernels.compiled import COMPRESS_ROWS, compress_rows
 from espm_lite.kernels.newton_rows import newton_rows
 
@@ -49,13 +49,21 @@ def _assert_same_fit(a, b, rtol):
     np.testing.assert_allclose(est_a.components_, est_b.components_, rtol=rtol, atol=1e-12)
 
 
+#: Cases whose map update runs inside the compiled pass (log-surrogate, no simplex).
+FUSED = {"plain", "laplacian", "mu", "G", "hspy_normalize"}
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_both_engines_give_the_same_iterates(low_counts, name):
+def test_both_engines_give_the_same_iterates(low_counts, name, monkeypatch):
     params = CASES[name]
     X = sp.csr_matrix(low_counts.T if params.get("hspy_comp") else low_counts)
     numpy_fit = _fit("numpy", X, _smooth(**params))
+    calls = []
+    kernel = fused.kl_fused_map_update
+    monkeypatch.setattr(fused, "kl_fused_map_update", lambda *a: calls.append(1) or kernel(*a))
     numba_fit = _fit("numba", X, _smooth(**params))
     assert numba_fit[0].data_path_ == "sparse"
+    assert bool(calls) == (name in FUSED)
     _assert_same_fit(numba_fit, numpy_fit, rtol=1e-10)
 
 
@@ -91,8 +99,8 @@ def test_both_engines_agree_on_masked_fits_and_pnmf(low_counts):
 
 def test_compiled_results_are_deterministic(low_counts, monkeypatch):
     calls = []
-    kernel = compiled.kl_map_terms
-    monkeypatch.setattr(compiled, "kl_map_terms", lambda *a: calls.append(1) or kernel(*a))
+    kernel = fused.kl_fused_map_update
+    monkeypatch.setattr(fused, "kl_fused_map_update", lambda *a: calls.append(1) or kernel(*a))
     X = sp.csr_matrix(low_counts)
     first = _fit("numba", X, _smooth(lambda_L=1.0, shape_2d=SHAPE))
     second = _fit("numba", X, _smooth(lambda_L=1.0, shape_2d=SHAPE))
@@ -142,6 +150,67 @@ def test_one_pass_of_the_kernels_matches_the_formulas(index_dtype, k):
             x_constants=(float(np.sum(dense[dense > 0] * np.log(dense[dense > 0]))), dense.sum()),
         ).data_loss
     np.testing.assert_allclose(loss, expected, rtol=1e-12)
+
+
+class _Rule:
+    """A map rule with a compiled form: the NumPy update of ``fused.MultiplicativeMapRule``."""
+
+    def __init__(self, A, compiled_form):
+        self.A, self.compiled_form = A, compiled_form
+
+    def __call__(self, rows, negative, positive, curvature):
+        rule, Ab = self.compiled_form, self.A[rows]
+        numerator, denominator = negative + rule.proximal, positive + rule.smoothing[rows]
+        denominator = denominator + rule.mu / (Ab + rule.epsilon) + rule.proximal
+        return np.maximum(Ab * numerator / denominator, rule.floor)
+
+
+@pytest.mark.parametrize("k", [2, compiled.UNROLLED_MAX_K + 1])
+def test_the_fused_pass_is_the_pass_with_its_rule_and_sums_the_logarithms(k, monkeypatch):
+    rng = np.random.default_rng(1)
+    dense = rng.poisson(0.4, size=(60, 200)).astype(float)
+    dense[:, :80] = np.where(dense[:, :80] > 0, 1.0, 0.0)  # long runs of equal values
+    dense[3] = 0.0  # a row without entries
+    csr = sp.csr_matrix(dense)
+    A = rng.random((60, k)) + 0.1
+    D = rng.random((200, k)) + 0.1
+    D[150:] *= 1e-125  # model values below fused.FACTOR_RANGE: their own logarithm
+    D[100:150] *= 1e-60  # products that leave fused.PRODUCT_RANGE in a few factors
+    rule = fused.MultiplicativeMapRule(
+        smoothing=rng.random((60, k)) - 0.5,
+        proximal=rng.random(k),
+        mu=rng.random(k),
+        epsilon=np.float64(0.3),
+        floor=np.float64(0.05),
+    )
+    results, calls = {}, []
+    kernel = fused.kl_fused_map_update
+    monkeypatch.setattr(fused, "kl_fused_map_update", lambda *a: calls.append(1) or kernel(*a))
+    for label, with_form in [("fused", True), ("separate", False)]:
+        calls.clear()
+        maps = A.copy()
+        numpy_rule = _Rule(maps, rule)
+        with config_context(engine="numba"):
+            results[label] = data_pass(
+                SparseData(csr, block_nnz=300),
+                maps,
+                D,
+                map_rule=numpy_rule if with_form else (lambda *terms: numpy_rule(*terms)),
+                x_constants=(0.0, 0.0),
+            )
+        results[label + " maps"] = maps
+        assert bool(calls) == with_form
+    np.testing.assert_allclose(results["fused maps"], results["separate maps"], rtol=1e-13)
+    floored = results["fused maps"] == 0.05
+    assert floored.any() and not floored.all()
+    np.testing.assert_allclose(
+        results["fused"].w_negative, results["separate"].w_negative, rtol=1e-13
+    )
+    stored = dense > 0
+    log_sum = np.sum(dense[stored] * np.log((A @ D.T)[stored]))
+    expected = np.sum(A @ D.T) - log_sum  # x_constants are zero
+    assert abs(results["fused"].data_loss - expected) <= 1e-12 * abs(log_sum)
+    np.testing.assert_allclose(results["fused"].data_loss, results["separate"].data_loss, 1e-13)
 
 
 def test_engine_setting_is_validated_and_scoped(monkeypatch):

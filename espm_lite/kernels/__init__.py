@@ -40,6 +40,7 @@ from .data_pass import (
     data_pass,
     row_blocks,
 )
+from .fused import MultiplicativeMapRule
 from .laplacian import LAPLACIAN_NORM_BOUND, grid_laplacian
 from .simplex import bisect_multiplier, mu_update, projected_step, quadratic_root_update
 from .sparse_data import (
@@ -75,6 +76,7 @@ __all__ = [
     "ArrayOps",
     "DensifiedRows",
     "MapRule",
+    "MultiplicativeMapRule",
     "PassResult",
     "SparseData",
     "SparseRowBlock",

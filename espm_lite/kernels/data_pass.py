@@ -55,6 +55,7 @@ import scipy.sparse as sp
 from array_api_compat import array_namespace, device
 
 from . import compiled as _compiled
+from . import fused as _fused
 from . import missing as _missing
 from ._array_ops import ArrayOps, column_sums
 from .chunked import BandView, ChunkedData
@@ -127,6 +128,9 @@ class _PassContext:
     compiled : bool
         Whether the sparse KL blocks run the compiled kernels
         (:mod:`espm_lite.kernels.compiled`).
+    fused : MultiplicativeMapRule or None
+        The map rule's ``compiled_form``, when the compiled kernels run it
+        inside the pass (:func:`~espm_lite.kernels.fused.kl_fused_map_update`).
     """
 
     X: object
@@ -144,6 +148,7 @@ class _PassContext:
     l2_curvature: float | None
     missing: _missing.MissingEntries | None = None
     compiled: bool = False
+    fused: _fused.MultiplicativeMapRule | None = None
 
     @property
     def xp(self):
@@ -192,7 +197,10 @@ def data_pass(
     loss : {"kl", "l2"}
     map_rule : callable, optional
         ``map_rule(rows, negative, positive, curvature) -> new A[rows]``; it
-        must only read ``A[rows]`` (other blocks may already be updated).
+        must only read ``A[rows]`` (other blocks may already be updated). A
+        rule whose ``compiled_form`` attribute is a
+        :class:`~espm_lite.kernels.fused.MultiplicativeMapRule` (the same
+        update) is run inside the compiled kernels on the sparse KL path.
     need_curvature : bool
         Also hand ``map_rule`` the per-pixel curvature of the data term at the
         current iterate: the largest eigenvalue of its Hessian in the maps
@@ -255,6 +263,8 @@ def _setup(
     sparse = isinstance(X, SparseData) or (isinstance(X, ChunkedData) and X.form == "sparse")
     compiled = sparse and loss == "kl" and outer_rows is None
     compiled = compiled and _compiled.use_compiled()
+    fuse = compiled and need_w_terms and missing is None
+    fused = getattr(map_rule, "compiled_form", None) if fuse else None
     return _PassContext(
         X=X,
         A=A,
@@ -271,6 +281,7 @@ def _setup(
         l2_curvature=l2_curvature,
         missing=missing,
         compiled=compiled,
+        fused=fused,
     )
 
 
@@ -389,6 +400,14 @@ def _sparse_blocks(ctx: _PassContext, my_blocks: list[SparseRowBlock]) -> tuple:
     part = 0.0
     for block in my_blocks:
         rows = block.rows
+        if ctx.fused is not None:  # the whole block in one compiled loop
+            Ab = np.ascontiguousarray(A[rows])
+            part -= _fused.kl_fused_map_update(
+                block, Ab, D, ctx.col_d, ctx.fused, w_neg, ctx.need_loss
+            )
+            if not np.shares_memory(Ab, A):
+                A[rows] = Ab
+            continue
         nb = rows.stop - rows.start
         Xb = block.matrix
         Ab = A[rows]

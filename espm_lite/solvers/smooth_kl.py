@@ -30,6 +30,7 @@ update (:func:`espm_lite.solvers._base.update_W`); with ``R = X / (A D^T)``:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -256,6 +257,21 @@ class _MapRule:
         self.use_mu = bool(np.any(solver.mu > 0))
         self.free = None if problem.fixed.A_mask is None else ~problem.fixed.A_mask
         self.step_scale = state.step_scale
+
+    @cached_property
+    def compiled_form(self) -> kernels.MultiplicativeMapRule | None:
+        """The rule for the compiled pass (log-surrogate without simplex or fixed maps)."""
+        solver, problem = self.solver, self.problem
+        if solver.algo != "log_surrogate" or problem.simplex_H or self.free is not None:
+            return None
+        dtype = self.A.dtype
+        return kernels.MultiplicativeMapRule(
+            smoothing=self.lam * self.lap_A if self.lam > 0 else None,
+            proximal=self.prox_max,
+            mu=solver.mu if self.use_mu else None,
+            epsilon=self.eps_reg,
+            floor=dtype.type(problem.floor),
+        )
 
     def __call__(self, rows, negative, positive, curvature):
         solver, problem = self.solver, self.problem
