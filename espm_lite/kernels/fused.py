@@ -9,9 +9,9 @@ new maps). When the rule is the multiplicative update of
 without simplex or fixed maps), :func:`kl_fused_map_update` does all three row
 by row in one loop: the row of data is read twice while it is in cache and no
 Python runs between the halves. A SmoothNMF iteration on a 100x400x3746 map at
-15 counts/pixel (``k = 2``) went from 10.3 to 8.1 ms, on 256x256x2048 at 50
-counts/pixel (``k = 4``) from 40.6 to 28.8 ms (2 cores,
-``benchmarks/bench_sparse.py --only speed``).
+15 counts/pixel (``k = 2``) went from 9.3 to 7.5 ms, 10.3 to 7.8 ms with
+``lambda_L=1`` (medians of three interleaved runs, 2 cores; see the README's
+performance section). At 50 counts/pixel and ``k = 4`` the change is within the noise.
 
 The arithmetic is that of the separate kernels and of the NumPy rule, in the
 same order (no fused multiply-add), so the iterates are the same to rounding.
@@ -32,9 +32,10 @@ from .compiled import UNROLLED_MAX_K, _numba
 
 #: Consecutive stored entries with the same value ``x`` share one logarithm,
 #: ``sum_e x log y_e = x log prod_e y_e``, over runs of at most this many entries.
-#: Each product stays in ``PRODUCT_RANGE`` (factors in ``FACTOR_RANGE``; others get
-#: their own logarithm), so it cannot overflow or underflow; its relative rounding,
-#: at most ``LOG_GROUP`` ulps, is an absolute error of the same size in the logarithm.
+#: A run takes a factor only from ``FACTOR_RANGE`` and while its product is in
+#: ``PRODUCT_RANGE`` (otherwise a new run starts), so the product cannot overflow or
+#: underflow; its relative rounding, at most ``LOG_GROUP`` ulps, is an absolute error
+#: of the same size in the logarithm.
 LOG_GROUP = 64
 FACTOR_RANGE = (2.0**-400, 2.0**400)
 PRODUCT_RANGE = (2.0**-500, 2.0**500)
@@ -77,24 +78,7 @@ class MultiplicativeMapRule:
         return (smoothing, self.proximal, self.mu, self.epsilon, self.floor)
 
 
-def _add_log(log_sum, product, factors, x_group, x, y):
-    """``x log y`` added to the running ``(log_sum, product, factors, x_group)``."""
-    if x != x_group or factors == LOG_GROUP:
-        if factors:
-            log_sum += x_group * np.log(product)
-        product, factors, x_group = 1.0, 0, x
-    if FACTOR_RANGE[0] < y < FACTOR_RANGE[1]:
-        product *= y
-        factors += 1
-        if not PRODUCT_RANGE[0] < product < PRODUCT_RANGE[1]:
-            log_sum += x_group * np.log(product)
-            product, factors = 1.0, 0
-    else:
-        log_sum += x * np.log(y)
-    return log_sum, product, factors, x_group
-
-
-def _fused_kernel(k: int | None, add_log):
+def _fused_kernel(k: int | None):
     """The kernel for ``k`` phases (None: any number), as in :mod:`.compiled`."""
 
     def fused_map_update(
@@ -104,7 +88,7 @@ def _fused_kernel(k: int | None, add_log):
         n_phases = A.shape[1] if k is None else k
         negative = np.zeros(n_phases, dtype=A.dtype)
         new = np.zeros(n_phases, dtype=A.dtype)
-        logs = (0.0, 1.0, 0, 0.0)  # sum x log y so far, the open run's product, size, x
+        log_sum, product, run, x_run = 0.0, 1.0, 0, 0.0  # the open run: x_run log(product)
         for r in range(nb):
             negative[:] = 0
             for e in range(indptr[r], indptr[r + 1]):  # the model and R_b D, as map_terms
@@ -112,8 +96,18 @@ def _fused_kernel(k: int | None, add_log):
                 s = A[r, 0] * D[c, 0]
                 for j in range(1, n_phases):
                     s += A[r, j] * D[c, j]
-                if loss:
-                    logs = add_log(*logs, np.float64(values[e]), np.float64(s))
+                if loss:  # extend the run, or close it and start one at this entry
+                    x, y = np.float64(values[e]), np.float64(s)
+                    if (
+                        x == x_run
+                        and run < LOG_GROUP
+                        and FACTOR_RANGE[0] < y < FACTOR_RANGE[1]
+                        and PRODUCT_RANGE[0] < product < PRODUCT_RANGE[1]
+                    ):
+                        product, run = product * y, run + 1
+                    else:
+                        log_sum += x_run * np.log(product)
+                        product, run, x_run = y, 1, x
                 t = values[e] / s
                 for j in range(n_phases):
                     negative[j] += t * D[c, j]
@@ -140,17 +134,14 @@ def _fused_kernel(k: int | None, add_log):
                 t = values[e] / s
                 for j in range(n_phases):
                     w_negative[c, j] += t * A[r, j]
-        log_sum, product, factors, x_group = logs
-        return log_sum + x_group * np.log(product) if factors else log_sum
+        return log_sum + x_run * np.log(product)
 
     return fused_map_update
 
 
 @cache
 def _compiled(k: int | None):
-    numba = _numba()
-    add_log = numba.njit(nogil=True, cache=True)(_add_log)
-    return numba.njit(nogil=True, cache=True)(_fused_kernel(k, add_log))
+    return _numba().njit(nogil=True, cache=True)(_fused_kernel(k))
 
 
 def kl_fused_map_update(
