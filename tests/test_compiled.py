@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -281,3 +285,32 @@ def test_exact_row_solves_are_the_same_with_both_engines(k, with_sparsity):
             out[engine] = newton_rows(X, basis, start, floor=1e-12, sparsity=sparsity)
     np.testing.assert_allclose(out["numba"], out["numpy"], rtol=1e-10, atol=1e-12)
     assert compiled.UNROLLED_MAX_K < 10
+
+
+_CACHE_PROBE = """
+import json, numpy as np, scipy.sparse as sp
+from espm_lite import SmoothNMF, config_context
+from espm_lite.kernels import compiled, fused
+X = sp.random(60, 40, density=0.2, random_state=0, format="csr") * 5
+with config_context(engine="numba"):
+    for smooth in ({"lambda_L": 1.0, "shape_2d": (6, 10)}, {}):  # the fit ends with row solves
+        SmoothNMF(n_components=2, max_iter=5, hspy_comp=True, verbose=0, **smooth).fit(X)
+dispatchers = [fused._compiled(2), compiled._compiled("rows", 2)]
+stats = [d.stats for d in dispatchers]
+print(json.dumps([[sum(s.cache_hits.values()), sum(s.cache_misses.values())] for s in stats]))
+"""
+
+
+def test_a_new_process_loads_the_compiled_kernels_from_the_disk_cache(tmp_path):
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+
+    def probe():
+        run = subprocess.run(
+            [sys.executable, "-c", _CACHE_PROBE], env=env, capture_output=True, text=True
+        )
+        assert run.returncode == 0, run.stderr
+        return json.loads(run.stdout.strip().splitlines()[-1])
+
+    first, second = probe(), probe()
+    assert all(misses >= 1 for _, misses in first)  # compiled, and written to the cache
+    assert all(misses == 0 and hits >= 1 for hits, misses in second)
