@@ -32,10 +32,10 @@ from .compiled import UNROLLED_MAX_K, _numba
 
 #: Consecutive stored entries with the same value ``x`` share one logarithm,
 #: ``sum_e x log y_e = x log prod_e y_e``, over runs of at most this many entries.
-#: A run takes a factor only from ``FACTOR_RANGE`` and while its product is in
-#: ``PRODUCT_RANGE`` (otherwise a new run starts), so the product cannot overflow or
-#: underflow; its relative rounding, at most ``LOG_GROUP`` ulps, is an absolute error
-#: of the same size in the logarithm.
+#: A run starts at any entry and grows only by factors in ``FACTOR_RANGE`` while its
+#: product is in ``PRODUCT_RANGE`` (otherwise a new run starts), so the product cannot
+#: overflow or underflow; its relative rounding, at most ``LOG_GROUP`` ulps, is an
+#: absolute error of the same size in the logarithm.
 LOG_GROUP = 64
 FACTOR_RANGE = (2.0**-400, 2.0**400)
 PRODUCT_RANGE = (2.0**-500, 2.0**500)
