@@ -18,7 +18,7 @@ coverage of one phantom (21 cases each) with the bootstrap.
 
 Usage::
 
-    python benchmarks/bench_edx_uncertainty.py   # 5 seeds, 20 refits (~8 min, 1 core)
+    python benchmarks/bench_edx_uncertainty.py   # 5 seeds, 20 refits (~27 min on 2 cores)
     python benchmarks/bench_edx_uncertainty.py --seeds 0 1 --n-bootstrap 10   # quicker
     python benchmarks/bench_edx_uncertainty.py --map-kind gradients  # maps with no pure pixels
 """
