@@ -250,7 +250,7 @@ def test_monte_carlo_bound(phantoms):
 # ------------------------------------------------------- scikit-learn checks
 # With max_iter=200 (a short fit) in both orientations, no check expected to fail:
 # on the checks' rank-one data the dead phase's spectrum stays at the floor, so
-# transform gives back fit_transform (see tests/test_sklearn_compat.py).
+# transform gives back fit_transform (see tests/test_sklearn_compat_pnmf.py).
 @parametrize_with_checks(
     [PNMF(max_iter=200, verbose=0), PNMF(max_iter=200, verbose=0, hspy_comp=True)],
 )

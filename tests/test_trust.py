@@ -91,7 +91,7 @@ def test_one_factor_given_recovers_the_other(use_G):
 
 @pytest.mark.parametrize(
     "cls, hspy_comp", [(SmoothNMF, False), (SmoothNMF, True), (PNMF, True)]
-)  # PNMF with hspy_comp=False: see tests/test_sklearn_compat.py (flat valleys)
+)  # PNMF with hspy_comp=False: see tests/test_sklearn_compat_pnmf.py (flat valleys)
 def test_transform_of_the_training_data_reproduces_fit_transform(cls, hspy_comp, phantom):
     X = phantom.X.T.copy() if hspy_comp else phantom.X
     est = cls(n_components=2, hspy_comp=hspy_comp, random_state=0, verbose=0)
