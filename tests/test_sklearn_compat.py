@@ -1,7 +1,7 @@
 """scikit-learn's estimator checks, in both data orientations, and espm's documented settings.
 
-PNMF's checks are in ``test_sklearn_compat_pnmf.py``: the test command runs each file on
-one worker (``--dist loadfile``), and they are the longest part of this file.
+PNMF's checks, the longest, are in ``test_sklearn_compat_pnmf.py``: the test command runs
+each file on one worker (``--dist loadfile``).
 """
 
 import pytest
