@@ -57,17 +57,30 @@ def _assert_same_fit(a, b, rtol):
 FUSED = {"plain", "laplacian", "mu", "G", "hspy_normalize"}
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_both_engines_give_the_same_iterates(low_counts, name, monkeypatch):
-    params = CASES[name]
-    X = sp.csr_matrix(low_counts.T if params.get("hspy_comp") else low_counts)
-    numpy_fit = _fit("numpy", X, _smooth(**params))
+def _count_fused_calls(monkeypatch) -> list[str]:
+    """Record each call of the fused kernels (sparse and dense blocks) by name."""
     calls = []
-    kernel = fused.kl_fused_map_update
-    monkeypatch.setattr(fused, "kl_fused_map_update", lambda *a: calls.append(1) or kernel(*a))
+    for name in ("kl_fused_map_update", "kl_fused_dense_update"):
+        kernel = getattr(fused, name)
+        monkeypatch.setattr(
+            fused, name, lambda *a, name=name, kernel=kernel: calls.append(name) or kernel(*a)
+        )
+    return calls
+
+
+@pytest.mark.parametrize("layout", ["sparse", "dense"])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_both_engines_give_the_same_iterates(low_counts, name, layout, monkeypatch):
+    params = CASES[name]
+    X = low_counts.T if params.get("hspy_comp") else low_counts
+    X = sp.csr_matrix(X) if layout == "sparse" else X
+    params = {**params, "sparse": layout == "sparse"}
+    numpy_fit = _fit("numpy", X, _smooth(**params))
+    calls = _count_fused_calls(monkeypatch)
     numba_fit = _fit("numba", X, _smooth(**params))
-    assert numba_fit[0].data_path_ == "sparse"
-    assert bool(calls) == (name in FUSED)
+    assert numba_fit[0].data_path_ == layout
+    expected = {"sparse": "kl_fused_map_update", "dense": "kl_fused_dense_update"}[layout]
+    assert set(calls) == ({expected} if name in FUSED else set())
     _assert_same_fit(numba_fit, numpy_fit, rtol=1e-10)
 
 
@@ -101,13 +114,13 @@ def test_both_engines_agree_on_masked_fits_and_pnmf(low_counts):
     )
 
 
-def test_compiled_results_are_deterministic(low_counts, monkeypatch):
-    calls = []
-    kernel = fused.kl_fused_map_update
-    monkeypatch.setattr(fused, "kl_fused_map_update", lambda *a: calls.append(1) or kernel(*a))
-    X = sp.csr_matrix(low_counts)
-    first = _fit("numba", X, _smooth(lambda_L=1.0, shape_2d=SHAPE))
-    second = _fit("numba", X, _smooth(lambda_L=1.0, shape_2d=SHAPE))
+@pytest.mark.parametrize("layout", ["sparse", "dense"])
+def test_compiled_results_are_deterministic(low_counts, layout, monkeypatch):
+    calls = _count_fused_calls(monkeypatch)
+    X = sp.csr_matrix(low_counts) if layout == "sparse" else low_counts
+    params = {"lambda_L": 1.0, "shape_2d": SHAPE, "sparse": layout == "sparse"}
+    first = _fit("numba", X, _smooth(**params))
+    second = _fit("numba", X, _smooth(**params))
     np.testing.assert_array_equal(first[1], second[1])
     np.testing.assert_array_equal(first[0].losses_, second[0].losses_)
     assert len(calls) >= 30  # the compiled kernels ran, at every pass
@@ -169,13 +182,15 @@ class _Rule:
         return np.maximum(Ab * numerator / denominator, rule.floor)
 
 
+@pytest.mark.parametrize("layout", ["sparse", "dense"])
 @pytest.mark.parametrize("k", [2, compiled.UNROLLED_MAX_K + 1])
-def test_the_fused_pass_is_the_pass_with_its_rule_and_sums_the_logarithms(k, monkeypatch):
+def test_the_fused_pass_is_the_pass_with_its_rule_and_sums_the_logarithms(k, layout, monkeypatch):
     rng = np.random.default_rng(1)
     dense = rng.poisson(0.4, size=(60, 200)).astype(float)
     dense[:, :80] = np.where(dense[:, :80] > 0, 1.0, 0.0)  # long runs of equal values
+    dense[:, 180:] *= 70.3  # values that are not small whole numbers: their own logarithm
     dense[3] = 0.0  # a row without entries
-    csr = sp.csr_matrix(dense)
+    data = SparseData(sp.csr_matrix(dense), block_nnz=300) if layout == "sparse" else dense
     A = rng.random((60, k)) + 0.1
     D = rng.random((200, k)) + 0.1
     D[150:] *= 1e-125  # model values below fused.FACTOR_RANGE: their own logarithm
@@ -187,16 +202,14 @@ def test_the_fused_pass_is_the_pass_with_its_rule_and_sums_the_logarithms(k, mon
         epsilon=np.float64(0.3),
         floor=np.float64(0.05),
     )
-    results, calls = {}, []
-    kernel = fused.kl_fused_map_update
-    monkeypatch.setattr(fused, "kl_fused_map_update", lambda *a: calls.append(1) or kernel(*a))
+    results, calls = {}, _count_fused_calls(monkeypatch)
     for label, with_form in [("fused", True), ("separate", False)]:
         calls.clear()
         maps = A.copy()
         numpy_rule = _Rule(maps, rule)
         with config_context(engine="numba"):
             results[label] = data_pass(
-                SparseData(csr, block_nnz=300),
+                data,
                 maps,
                 D,
                 map_rule=numpy_rule if with_form else (lambda *terms: numpy_rule(*terms)),

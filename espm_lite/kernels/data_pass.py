@@ -13,9 +13,10 @@ block.  For each block ``b`` of pixels, with ``Y_b = A_b D^T``, it computes
 * with the new ``A_b``, the negative part of the gradient in ``D``
   (KL: ``R'_b^T A_b``, Frobenius: ``X_b^T A_b``), summed over blocks.
 
-The two half-steps share one read of each data block while it is in cache, no
-``(n, p)`` temporary is formed, and the blocks are spread over
-:func:`num_threads` threads (NumPy and SciPy release the GIL in their kernels):
+The two half-steps share one read of each data block while it is in cache (one
+compiled loop with SmoothNMF's default rule: :mod:`.fused`), no ``(n, p)``
+temporary is formed, and the blocks are spread over :func:`num_threads`
+threads (NumPy and SciPy release the GIL in their kernels):
 each thread runs :func:`_dense_blocks` or :func:`_sparse_blocks` on every
 ``threads``-th block, and the partial sums are added in thread order.
 
@@ -256,19 +257,19 @@ def _setup(
         if need_curvature and loss == "kl"
         else None
     )
-    l2_curvature = (
-        float(xp.linalg.eigvalsh(gram_d)[-1]) if need_curvature and loss == "l2" else None
-    )
+    need_l2_curvature = need_curvature and loss == "l2"
+    l2_curvature = float(xp.linalg.eigvalsh(gram_d)[-1]) if need_l2_curvature else None
     Dt = np.ascontiguousarray(D.T) if ops.numpy else D.T
     sparse = isinstance(X, SparseData) or (isinstance(X, ChunkedData) and X.form == "sparse")
-    compiled = sparse and loss == "kl" and outer_rows is None
-    compiled = compiled and _compiled.use_compiled()
-    fuse = compiled and need_w_terms and missing is None
+    kl_compiled = loss == "kl" and outer_rows is None and ops.numpy and _compiled.use_compiled()
+    compiled = sparse and kl_compiled
+    # Dense float32 blocks stay with NumPy: its float32 logarithms are vectorised.
+    fuse = kl_compiled and need_w_terms and missing is None and (sparse or A.dtype == np.float64)
     fused = getattr(map_rule, "compiled_form", None) if fuse else None
     return _PassContext(
         X=X,
         A=A,
-        D=np.ascontiguousarray(D) if compiled else D,
+        D=np.ascontiguousarray(D) if compiled or fused is not None else D,
         Dt=Dt,
         loss=loss,
         map_rule=map_rule,
@@ -346,8 +347,9 @@ def _dense_blocks(ctx: _PassContext, my_blocks: list[slice]) -> tuple:
     A, D, Dt, n, k, dtype = ctx.A, ctx.D, ctx.Dt, ctx.n, ctx.k, ctx.dtype
     kl = ctx.loss == "kl"
     rows_max = max((b.stop - b.start for b in my_blocks), default=0)
-    buf_y = ops.empty((rows_max, n), dtype)
-    buf_r = ops.empty((rows_max, n), dtype)
+    buffers = kl and ctx.fused is None  # model and ratio of a block (none when fused)
+    buf_y = ops.empty((rows_max, n), dtype) if buffers else None
+    buf_r = ops.empty((rows_max, n), dtype) if buffers else None
 
     def buffer(buf, nb):
         return None if buf is None else buf[:nb]
@@ -358,6 +360,9 @@ def _dense_blocks(ctx: _PassContext, my_blocks: list[slice]) -> tuple:
     for rows in my_blocks:
         nb = rows.stop - rows.start
         Xb = dense_block(ctx.X, rows)
+        if ctx.fused is not None:  # the whole block in one compiled loop
+            part -= _fused.run_block(Xb, rows, A, D, ctx.col_d, ctx.fused, w_neg, ctx.need_loss)
+            continue
         Ab = A[rows, :]
         R = None
         if kl:
@@ -401,12 +406,7 @@ def _sparse_blocks(ctx: _PassContext, my_blocks: list[SparseRowBlock]) -> tuple:
     for block in my_blocks:
         rows = block.rows
         if ctx.fused is not None:  # the whole block in one compiled loop
-            Ab = np.ascontiguousarray(A[rows])
-            part -= _fused.kl_fused_map_update(
-                block, Ab, D, ctx.col_d, ctx.fused, w_neg, ctx.need_loss
-            )
-            if not np.shares_memory(Ab, A):
-                A[rows] = Ab
+            part -= _fused.run_block(block, rows, A, D, ctx.col_d, ctx.fused, w_neg, ctx.need_loss)
             continue
         nb = rows.stop - rows.start
         Xb = block.matrix

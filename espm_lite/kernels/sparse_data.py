@@ -43,7 +43,10 @@ MIN_BLOCK_NNZ = 1 << 14
 #: 80x80x1980 phantom, 3 phases, 2 cores): the compiled sparse path costs about
 #: 140 ms x density per iteration, the dense path about 40 ms in float64 (22 ms
 #: in float32), so they cross near a density of 0.28 (0.15 in float32); at 1500
-#: counts/pixel (density 0.23) sparse takes 34 ms, dense 39 ms.
+#: counts/pixel (density 0.23) sparse takes 34 ms, dense 39 ms. Since the dense
+#: float64 path runs compiled too (:mod:`.fused`), both cost about the same at these
+#: densities (one run: 18 / 19 ms at density 0.13, 29 / 32 at 0.23, 43 / 46 at 0.42,
+#: sparse / dense); the threshold is unchanged.
 SPARSE_DENSITY_THRESHOLD = 0.27
 
 #: The same for float32 data (the dense path is twice as fast in float32, the
