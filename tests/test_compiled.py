@@ -92,20 +92,32 @@ def test_both_engines_agree_in_float32(low_counts):
     _assert_same_fit(numba_fit, numpy_fit, rtol=1e-4)
 
 
-def test_both_engines_agree_on_masked_fits_and_pnmf(low_counts):
+@pytest.mark.parametrize("empty_pixel", [False, True])
+@pytest.mark.parametrize("layout", ["sparse", "dense"])
+def test_both_engines_agree_on_masked_fits(low_counts, layout, empty_pixel, monkeypatch):
+    # Masked fits run the fused kernels with the observed entries' positive part, except
+    # when a pixel has no observed entry (imputed by the NumPy rule): then the separate path.
     mask = np.random.default_rng(1).random(low_counts.shape) < 0.1
+    mask[:, 7] |= empty_pixel
     X = np.where(mask, 0.0, low_counts)
 
     def masked(engine):
-        est = _smooth(sparse=True)
+        est = _smooth(sparse=layout == "sparse", lambda_L=1.0, shape_2d=SHAPE)
         with config_context(engine=engine):
             est.fit(X, mask=mask)
         return est
 
-    a, b = masked("numba"), masked("numpy")
+    calls = _count_fused_calls(monkeypatch)
+    a = masked("numba")
+    assert bool(calls) != empty_pixel
+    b = masked("numpy")
+    assert a.data_path_ == b.data_path_ == layout
     np.testing.assert_allclose(a.losses_, b.losses_, rtol=1e-10)
     np.testing.assert_allclose(a.components_, b.components_, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(a.H_, b.H_, rtol=1e-10, atol=1e-12)
 
+
+def test_both_engines_agree_on_pnmf(low_counts):
     def pnmf():
         return PNMF(n_components=K, max_iter=10, random_state=0, verbose=0, sparse=True)
 

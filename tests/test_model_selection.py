@@ -91,6 +91,22 @@ def test_heldout_deviance_is_zero_for_the_truth():
     assert heldout_deviance(X * 2, fold, est) > 0
 
 
+@pytest.mark.parametrize("sparse", [False, True])
+def test_heldout_deviance_is_the_mean_poisson_deviance_at_the_fold(sparse):
+    rng = np.random.default_rng(1)
+    est = SmoothNMF(3, hspy_comp=True)
+    est.H_ = rng.random((3, 40))
+    est.components_ = rng.random((3, 30))
+    Y = est.H_.T @ est.components_
+    X = rng.poisson(Y).astype(float)  # zeros and counts
+    held = rng.random(X.shape) < 0.3
+    x, y = X[held], Y[held]
+    terms = y - x + np.where(x > 0, x * np.log(np.where(x > 0, x, 1) / y), 0.0)
+    expected = 2 * terms.sum() / held.sum()
+    data = sp.csr_matrix(X) if sparse else X
+    assert heldout_deviance(data, sp.csr_matrix(held), est) == pytest.approx(expected, rel=1e-12)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

@@ -60,7 +60,7 @@ from . import fused as _fused
 from . import missing as _missing
 from ._array_ops import ArrayOps, column_sums
 from .chunked import BandView, ChunkedData
-from .sparse_data import SparseData, SparseRowBlock, dense_block
+from .sparse_data import SparseData, SparseRowBlock, csr_like, dense_block, model_at
 from .threads import num_threads, run_parts
 
 #: Size in bytes of one block of data rows processed at once by :func:`data_pass`
@@ -264,7 +264,8 @@ def _setup(
     kl_compiled = loss == "kl" and outer_rows is None and ops.numpy and _compiled.use_compiled()
     compiled = sparse and kl_compiled
     # Dense float32 blocks stay with NumPy: its float32 logarithms are vectorised.
-    fuse = kl_compiled and need_w_terms and missing is None and (sparse or A.dtype == np.float64)
+    fuse = kl_compiled and need_w_terms and (sparse or A.dtype == np.float64)
+    fuse = fuse and (missing is None or not missing.empty_rows.any())  # (imputed rows)
     fused = getattr(map_rule, "compiled_form", None) if fuse else None
     return _PassContext(
         X=X,
@@ -361,7 +362,8 @@ def _dense_blocks(ctx: _PassContext, my_blocks: list[slice]) -> tuple:
         nb = rows.stop - rows.start
         Xb = dense_block(ctx.X, rows)
         if ctx.fused is not None:  # the whole block in one compiled loop
-            part -= _fused.run_block(Xb, rows, A, D, ctx.col_d, ctx.fused, w_neg, ctx.need_loss)
+            lost, w_removed = _run_fused(ctx, Xb, rows, w_neg, w_removed)
+            part += lost
             continue
         Ab = A[rows, :]
         R = None
@@ -406,7 +408,8 @@ def _sparse_blocks(ctx: _PassContext, my_blocks: list[SparseRowBlock]) -> tuple:
     for block in my_blocks:
         rows = block.rows
         if ctx.fused is not None:  # the whole block in one compiled loop
-            part -= _fused.run_block(block, rows, A, D, ctx.col_d, ctx.fused, w_neg, ctx.need_loss)
+            lost, w_removed = _run_fused(ctx, block, rows, w_neg, w_removed)
+            part += lost
             continue
         nb = rows.stop - rows.start
         Xb = block.matrix
@@ -420,17 +423,17 @@ def _sparse_blocks(ctx: _PassContext, my_blocks: list[SparseRowBlock]) -> tuple:
             # The spectra at the columns of the stored entries: D does not change
             # during the pass, so they serve before and after the map update.
             d_cols = [np.take(Dt[l], block.cols) for l in range(k)]
-            y = _model_at(Ab, block.local_rows, d_cols)
+            y = model_at(Ab, block.local_rows, d_cols)
             if ctx.need_loss:
                 part -= float(np.dot(values, np.log(y)))
             ratio = np.divide(values, y, out=None if outer_rows is not None else y)
-            R = _like(Xb, ratio)
+            R = csr_like(Xb, ratio)
             negative = np.asarray(R @ D)
             positive = np.broadcast_to(ctx.col_d, negative.shape)
             curvature = None
             if outer_rows is not None:
                 # X / Y^2 at the stored entries, times the rows D_i (x) D_i.
-                hessians = np.asarray(_like(Xb, np.divide(ratio, y, out=y)) @ outer_rows)
+                hessians = np.asarray(csr_like(Xb, np.divide(ratio, y, out=y)) @ outer_rows)
                 curvature = _largest_eigenvalues(hessians, k)
         else:
             negative, positive, curvature, loss_part = _l2_terms(ctx, Xb, Ab, nb)
@@ -445,8 +448,8 @@ def _sparse_blocks(ctx: _PassContext, my_blocks: list[SparseRowBlock]) -> tuple:
             A[rows] = ctx.map_rule(rows, negative, positive, curvature)
             Ab = A[rows]
             if kl and ctx.need_w_terms and not ctx.compiled:
-                y = _model_at(Ab, block.local_rows, d_cols)
-                R = _like(Xb, np.divide(values, y, out=y))
+                y = model_at(Ab, block.local_rows, d_cols)
+                R = csr_like(Xb, np.divide(values, y, out=y))
         if ctx.need_w_terms:
             if ctx.compiled:
                 _compiled.kl_spectra_terms(block, np.ascontiguousarray(Ab), D, w_neg)
@@ -454,6 +457,13 @@ def _sparse_blocks(ctx: _PassContext, my_blocks: list[SparseRowBlock]) -> tuple:
                 w_neg += np.asarray((R.T @ Ab) if kl else (Xb.T @ Ab))
             w_removed = _removed(ctx, rows, Ab, w_removed)
     return part, w_neg, w_removed
+
+
+def _run_fused(ctx: _PassContext, block, rows: slice, w_neg, w_removed) -> tuple:
+    """One block by :func:`~espm_lite.kernels.fused.run_block`: (loss part, ``w_removed``)."""
+    args = (block, rows, ctx.A, ctx.D, ctx.col_d, ctx.fused, w_neg, ctx.need_loss)
+    lost, removed = _fused.run_block(*args, missing=ctx.missing)
+    return lost, (removed if w_removed is None else w_removed + removed)
 
 
 def _compiled_map_terms(ctx: _PassContext, block: SparseRowBlock, Ab, part: float):
@@ -472,26 +482,6 @@ def _removed(ctx: _PassContext, rows: slice, Ab, w_removed):
         return None
     removed = _missing.spectra_removed(ctx.missing, rows, Ab, ctx.D, ctx.loss)
     return removed if w_removed is None else w_removed + removed
-
-
-def _model_at(Ab: np.ndarray, local_rows: np.ndarray, d_cols: list[np.ndarray]) -> np.ndarray:
-    r"""The model ``y_e = \sum_l A_{r_e l} D_{c_e l}`` at stored entries ``e``.
-
-    ``local_rows`` are the rows ``r_e`` (in the block ``Ab``) and ``d_cols[l]``
-    the gathered ``D_{c_e l}``: one gather and one multiply-add per component,
-    on contiguous 1-D arrays (faster than gathering ``(nnz, k)`` rows).
-    """
-    At = np.ascontiguousarray(Ab.T)
-    y = np.take(At[0], local_rows)
-    y *= d_cols[0]
-    for l in range(1, len(d_cols)):
-        y += np.take(At[l], local_rows) * d_cols[l]
-    return y
-
-
-def _like(matrix: sp.csr_matrix, values: np.ndarray) -> sp.csr_matrix:
-    """A CSR matrix with the structure of ``matrix`` and the stored ``values``."""
-    return sp.csr_matrix((values, matrix.indices, matrix.indptr), shape=matrix.shape, copy=False)
 
 
 def _largest_eigenvalues(hessian_rows, k: int):

@@ -36,6 +36,7 @@ from functools import cache
 import numpy as np
 
 from .compiled import UNROLLED_MAX_K, _numba
+from .missing import MissingEntries, map_terms, spectra_removed
 from .sparse_data import SparseRowBlock
 
 #: The data term ``sum_e x_e log y_e`` takes few logarithms: a run of consecutive
@@ -97,7 +98,7 @@ def _fused_kernel(k: int | None):
     rows, whose non-zero columns are listed first, without a branch per entry."""
 
     def fused_map_update(
-        dense, indptr, cols, values, A, D, col_d, smoothing, proximal, mu, epsilon, floor,
+        dense, indptr, cols, values, A, D, positive, smoothing, proximal, mu, epsilon, floor,
         w_negative, loss,
     ):  # fmt: skip
         nb, n_cols = A.shape[0], D.shape[0]
@@ -140,7 +141,7 @@ def _fused_kernel(k: int | None):
                 for j in range(n_phases):
                     negative[j] += t * D[c, j]
             for j in range(n_phases):  # the rule, in the order of the NumPy path
-                numerator, denominator = negative[j], col_d[j]
+                numerator, denominator = negative[j], positive[r, j]
                 if smoothing is not None:
                     extra = smoothing[r, j]
                     if mu is not None:
@@ -177,7 +178,7 @@ def _compiled(k: int | None):
 
 
 def kl_fused_map_update(
-    block, A_b, D, col_d, rule: MultiplicativeMapRule, w_negative, need_loss: bool
+    block, A_b, D, positive, rule: MultiplicativeMapRule, w_negative, need_loss: bool
 ) -> float:
     r"""One block of the pass with the map update inside; returns ``\sum_e x_e \log y_e``.
 
@@ -186,7 +187,7 @@ def kl_fused_map_update(
     (written into ``A_b``), then ``R'^T A'`` of the new row added to
     ``w_negative`` as :func:`~espm_lite.kernels.compiled.kl_spectra_terms`.
     The logarithms (only with ``need_loss``; otherwise 0 is returned) are
-    taken in float64, one per run of equal data values.
+    taken in float64, few of them (:data:`LOG_GROUP`).
 
     Parameters
     ----------
@@ -195,30 +196,29 @@ def kl_fused_map_update(
         Maps of the block's rows, updated in place.
     D : ndarray (n, k), C-ordered
         Spectra in channel space, all entries > 0.
-    col_d : ndarray (k,)
-        Column sums of ``D``.
+    positive : ndarray (k,) or (nb, k)
+        The positive part of the gradient of the data term in the maps: the
+        column sums of ``D``, or per row (masked fits,
+        :func:`espm_lite.kernels.missing.map_terms`).
     rule : MultiplicativeMapRule
     w_negative : ndarray (n, k)
         ``R'^T A'`` is added to it.
     need_loss : bool
     """
     m = block.matrix
-    k = A_b.shape[1]
-    kernel = _compiled(k if k <= UNROLLED_MAX_K else None)
-    arguments = rule.arguments(block.rows)
-    args = (False, m.indptr, m.indices, m.data, A_b, D, col_d, *arguments, w_negative, need_loss)
-    return kernel(*args)
+    return _run(
+        block.rows, A_b, D, positive, rule, w_negative, need_loss, m.indptr, m.indices, m.data
+    )
 
 
 def kl_fused_dense_update(
-    X_b, rows: slice, A_b, D, col_d, rule: MultiplicativeMapRule, w_negative, need_loss: bool
+    X_b, rows: slice, A_b, D, positive, rule: MultiplicativeMapRule, w_negative, need_loss: bool
 ) -> float:
     r""":func:`kl_fused_map_update` for the dense block ``X_b`` of rows ``rows``.
 
-    The loop is the same, over every channel of a row, skipping the zero
-    entries (they add nothing to ``R D``, ``R^T A`` or ``\sum x \log y``): the
-    data are read once per pass and the logarithms are taken at the non-zero
-    entries only, shared between equal small counts.
+    The loop is the same, over the non-zero entries of each row, listed
+    first: the data are read once per pass, and the zeros, which add nothing
+    to ``R D``, ``R^T A`` or ``\sum x \log y``, cost no division or logarithm.
 
     Parameters
     ----------
@@ -226,31 +226,58 @@ def kl_fused_dense_update(
         Dense rows of data (any layout; C-ordered rows are read fastest).
     rows : slice
         The rows of ``X_b`` in the whole data (for ``rule``'s smoothing term).
-    A_b, D, col_d, rule, w_negative, need_loss
+    A_b, D, positive, rule, w_negative, need_loss
         As in :func:`kl_fused_map_update`.
     """
+    values = np.ascontiguousarray(X_b).reshape(-1)
+    return _run(rows, A_b, D, positive, rule, w_negative, need_loss, None, None, values)
+
+
+def _run(rows, A_b, D, positive, rule, w_negative, need_loss, indptr, cols, values) -> float:
+    """The kernel on CSR rows (``indptr``, ``cols``, ``values``) or dense ones (``cols`` None)."""
     k = A_b.shape[1]
     kernel = _compiled(k if k <= UNROLLED_MAX_K else None)
-    arguments = rule.arguments(rows)
-    values, no_index = np.ascontiguousarray(X_b).reshape(-1), np.empty(0, dtype=np.int64)
-    args = (True, no_index, no_index, values, A_b, D, col_d, *arguments, w_negative, need_loss)
-    return kernel(*args)
+    dense = cols is None
+    if dense:
+        indptr = cols = np.empty(0, dtype=np.int64)
+    positive = np.broadcast_to(positive, A_b.shape)
+    arguments = (A_b, D, positive, *rule.arguments(rows), w_negative, need_loss)
+    return kernel(dense, indptr, cols, values, *arguments)
 
 
 def run_block(
-    block, rows: slice, A, D, col_d, rule: MultiplicativeMapRule, w_negative, need_loss: bool
-) -> float:
-    r"""One block of rows by the fused kernel; returns ``\sum_e x_e \log y_e`` (or 0).
+    block,
+    rows: slice,
+    A,
+    D,
+    col_d,
+    rule: MultiplicativeMapRule,
+    w_negative,
+    need_loss: bool,
+    missing: MissingEntries | None = None,
+) -> tuple[float, np.ndarray | None]:
+    r"""One block of rows by the fused kernel: (its part of the data term, ``w_removed`` part).
 
     ``block`` is a :class:`~espm_lite.kernels.SparseRowBlock` or the dense rows
     ``rows`` of the data; the maps ``A[rows]`` are updated in place and the
-    block's ``R'^T A'`` is added to ``w_negative``.
+    block's ``R'^T A'`` is added to ``w_negative``. The data-term part is
+    ``-\sum_e x_e \log y_e`` (0 without ``need_loss``). With ``missing``
+    (no row entirely missing), the positive part of the map gradient and the
+    data term are those of the observed entries
+    (:func:`espm_lite.kernels.missing.map_terms`), and the second value is the
+    block's :func:`~espm_lite.kernels.missing.spectra_removed` (else None).
     """
     A_b = np.ascontiguousarray(A[rows])
+    positive, part, removed = col_d, 0.0, None
+    if missing is not None:
+        unmasked = np.broadcast_to(col_d, A_b.shape)
+        _, positive, part = map_terms(missing, rows, A_b, D, "kl", unmasked, unmasked)
     if isinstance(block, SparseRowBlock):
-        log_sum = kl_fused_map_update(block, A_b, D, col_d, rule, w_negative, need_loss)
+        log_sum = kl_fused_map_update(block, A_b, D, positive, rule, w_negative, need_loss)
     else:
-        log_sum = kl_fused_dense_update(block, rows, A_b, D, col_d, rule, w_negative, need_loss)
+        log_sum = kl_fused_dense_update(block, rows, A_b, D, positive, rule, w_negative, need_loss)
+    if missing is not None:
+        removed = spectra_removed(missing, rows, A_b, D, "kl")
     if not np.shares_memory(A_b, A):
         A[rows] = A_b
-    return log_sum
+    return part - log_sum, removed

@@ -320,3 +320,23 @@ def data_constants(X, loss: str) -> tuple[float, float]:
         values = _values(X)
         return float(np.vdot(values, values)), 0.0
     return xlogx_sum(X), data_sum(X)
+
+
+def model_at(Ab: np.ndarray, local_rows: np.ndarray, d_cols: list[np.ndarray]) -> np.ndarray:
+    r"""The model ``y_e = \sum_l A_{r_e l} D_{c_e l}`` at stored entries ``e``.
+
+    ``local_rows`` are the rows ``r_e`` (in the block ``Ab``) and ``d_cols[l]``
+    the gathered ``D_{c_e l}``: one gather and one multiply-add per component,
+    on contiguous 1-D arrays (faster than gathering ``(nnz, k)`` rows).
+    """
+    At = np.ascontiguousarray(Ab.T)
+    y = np.take(At[0], local_rows)
+    y *= d_cols[0]
+    for l in range(1, len(d_cols)):
+        y += np.take(At[l], local_rows) * d_cols[l]
+    return y
+
+
+def csr_like(matrix: sp.csr_matrix, values: np.ndarray) -> sp.csr_matrix:
+    """A CSR matrix with the structure of ``matrix`` and the stored ``values``."""
+    return sp.csr_matrix((values, matrix.indices, matrix.indptr), shape=matrix.shape, copy=False)
