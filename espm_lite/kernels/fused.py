@@ -14,11 +14,14 @@ Python runs between the halves. A SmoothNMF iteration on a 100x400x3746 map at
 performance section). At 50 counts/pixel and ``k = 4`` the change is within the noise.
 
 :func:`kl_fused_dense_update` runs the same loop on dense float64 rows, over
-their non-zero entries only. The NumPy dense path takes a logarithm and a
-division at every entry, zeros included; on an 80x80x1980 map this kernel
-made the iteration about 1.3x faster at 5000 counts/pixel and 2-3x at 500
-(see the README). Dense float32 data stay with NumPy, whose float32
-logarithm is vectorised.
+their non-zero entries only, where the NumPy dense path takes a logarithm and
+a division at every entry, zeros included. On an 80x80x1980 map forced onto
+the dense path the iteration became about 2x faster at 500 counts/pixel
+(density 0.13); at 5000 (density 0.42) no change could be resolved on this
+noisy 2-core machine (see the README). Dense float32 data stay with NumPy,
+whose float32 logarithm is vectorised. Masked fits run the same kernels with
+the positive part of the gradient over the observed entries
+(:func:`run_block`).
 
 The arithmetic is that of the separate kernels and of the NumPy rule, in the
 same order (no fused multiply-add), so the iterates are the same to rounding
