@@ -320,7 +320,8 @@ X = sp.random(60, 40, density=0.2, random_state=0, format="csr") * 5
 with config_context(engine="numba"):
     for smooth in ({"lambda_L": 1.0, "shape_2d": (6, 10)}, {}):  # the fit ends with row solves
         SmoothNMF(n_components=2, max_iter=5, hspy_comp=True, verbose=0, **smooth).fit(X)
-dispatchers = [fused._compiled(2), compiled._compiled("rows", 2)]
+    SmoothNMF(n_components=2, max_iter=5, hspy_comp=True, verbose=0, sparse=False).fit(X.toarray())
+dispatchers = [fused._compiled(2, False), fused._compiled(2, True), compiled._compiled("rows", 2)]
 stats = [d.stats for d in dispatchers]
 print(json.dumps([[sum(s.cache_hits.values()), sum(s.cache_misses.values())] for s in stats]))
 """

@@ -45,7 +45,7 @@ MIN_BLOCK_NNZ = 1 << 14
 #: in float32), so they cross near a density of 0.28 (0.15 in float32); at 1500
 #: counts/pixel (density 0.23) sparse takes 34 ms, dense 39 ms. Since the dense
 #: float64 path runs compiled too (:mod:`.fused`), both cost about the same at these
-#: densities (one run: 18 / 19 ms at density 0.13, 29 / 32 at 0.23, 43 / 46 at 0.42,
+#: densities (one run: 24 / 22 ms at density 0.13, 38 / 39 at 0.23, 62 / 63 at 0.42,
 #: sparse / dense); the threshold is unchanged.
 SPARSE_DENSITY_THRESHOLD = 0.27
 
