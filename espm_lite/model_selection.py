@@ -56,6 +56,7 @@ from tqdm.auto import tqdm
 
 from ._problem import internal_layout
 from .kernels import canonical_csr, choose_path
+from .kernels.sparse_data import model_at
 
 logger = logging.getLogger(__name__)
 
@@ -212,11 +213,9 @@ def heldout_deviance(X, fold: sp.csr_matrix, estimator, x: np.ndarray | None = N
     x = _values_at(X, coo.row, coo.col) if x is None else x
     maps = np.asarray(estimator.H_, dtype=np.float64)
     spectra = np.asarray(estimator.components_, dtype=np.float64)
-    # The model at the entries, one component at a time: 1-D gathers (3-10x faster
-    # than an einsum over (k, entries) gathers on 80x80x1980 maps).
-    y = np.zeros(coo.nnz, dtype=np.float64)
-    for map_l, spectrum_l in zip(maps, spectra, strict=True):
-        y += np.take(map_l, coo.row) * np.take(spectrum_l, coo.col)
+    # The model at the entries by 1-D gathers per component (3-10x faster than an
+    # einsum over (k, entries) gathers on 80x80x1980 maps).
+    y = model_at(maps.T, coo.row, [np.take(spectrum, coo.col) for spectrum in spectra])
     y = np.maximum(y, np.finfo(np.float64).tiny)
     positive = x > 0
     terms = y - x
