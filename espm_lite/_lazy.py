@@ -26,6 +26,10 @@ budget.
 
 Memory: at most ``2 x`` the compressed size while the bands are joined (the
 dense form is filled in place), plus the bands being computed (one per CPU).
+
+A dense NumPy array in memory takes the same road when the fit would take the
+sparse path (:func:`compressed_if_sparse`): it is compressed in its own type
+(integer counts, as HyperSpy loads them) before any floating-point copy is made.
 """
 
 from __future__ import annotations
@@ -88,7 +92,8 @@ def memory_budget(max_memory) -> int:
 
 
 def in_memory(estimator, X, *, where: str = "input X"):
-    """``X`` itself, or for a dask array its values in memory (CSR when sparse).
+    """For a dask array its values in memory (CSR when sparse); a dense array bound for
+    the sparse path compressed (:func:`compressed_if_sparse`); anything else as it is.
 
     Parameters
     ----------
@@ -103,8 +108,9 @@ def in_memory(estimator, X, *, where: str = "input X"):
     Returns
     -------
     ndarray or sparse matrix
-        In the orientation of ``X``; a CSR matrix (CSC when the pixels are the
-        columns) when the data go to the sparse path.
+        In the orientation of ``X``; a sparse matrix when the data go to the
+        sparse path (CSR; CSC when the pixels of a dask array are its columns,
+        or when a dense array is stored by columns).
 
     Raises
     ------
@@ -114,7 +120,7 @@ def in_memory(estimator, X, *, where: str = "input X"):
         The data fit ``max_memory`` neither compressed nor dense.
     """
     if not is_dask_array(X):
-        return X
+        return compressed_if_sparse(estimator, X)
     if X.ndim != 2:
         raise ValueError(f"{where} must be 2-D, got a dask array of shape {X.shape}.")
     budget = memory_budget(getattr(estimator, "max_memory", None))
@@ -163,6 +169,50 @@ def in_memory(estimator, X, *, where: str = "input X"):
         )
     _logger.info("%s: dask array computed into memory (dense, %.3g GB).", name, dense.nbytes / 1e9)
     return dense if pixels_first else dense.T
+
+
+def compressed_if_sparse(estimator, X):
+    """A dense NumPy array that the fit will take on the sparse path, as a sparse matrix.
+
+    The array is compressed in its own type (:func:`espm_lite.kernels.compress_rows`:
+    integer counts are never copied to a dense floating-point array, which for a
+    320x240x2048 map of ``uint8`` counts is 1.3 GB and most of the time of a fit), in the
+    orientation of ``X`` (CSR of its rows, or CSC when it is stored by columns); its
+    stored values are then checked by the usual validation. Anything else is returned
+    as it is: other types, arrays the sparse path would not take (``sparse=False``,
+    density above :func:`~espm_lite.kernels.density_threshold`, estimators without the
+    pass over the data), and data given to a callable ``G``, which receives them dense.
+    """
+    if not (
+        isinstance(X, np.ndarray)
+        and not isinstance(X, np.matrix)
+        and X.ndim == 2
+        and X.size > 0
+        and (X.dtype.kind in "iu" or X.dtype in (np.float32, np.float64))
+        and estimator._uses_data_pass
+        and estimator.sparse is not False
+        and not callable(getattr(estimator, "G", None))
+    ):
+        return X
+    dtype = _dtype(estimator, X.dtype)
+    stored = np.count_nonzero(X)
+    threshold = density_threshold(dtype, estimator.sparse)
+    if estimator.sparse is not True and stored >= threshold * X.size:
+        return X
+    by_columns = X.flags.f_contiguous and not X.flags.c_contiguous
+    matrix = compress_rows(X.T if by_columns else X, dtype)
+    # One index type for both index arrays, as SciPy's own operations expect.
+    index_dtype = np.int32 if max(stored, *X.shape) < np.iinfo(np.int32).max else np.int64
+    matrix.indices = matrix.indices.astype(index_dtype, copy=False)
+    matrix.indptr = matrix.indptr.astype(index_dtype, copy=False)
+    matrix = matrix.T if by_columns else matrix  # CSC: the columns as stored
+    _logger.info(
+        "%s: dense input compressed into a sparse matrix (%d stored entries, %.3g GB).",
+        type(estimator).__name__,
+        stored,
+        _csr_bytes(matrix) / 1e9,
+    )
+    return matrix
 
 
 def _dtype(estimator, dtype) -> np.dtype:

@@ -196,11 +196,13 @@ def data_scale(Xi) -> float:
     if isinstance(Xi, ChunkedData):
         return Xi.data_scale()
     values = Xi.data if sp.issparse(Xi) else Xi
-    largest = float(np.abs(values).max()) if values.size else 0.0
+    largest = float(max(values.max(), -values.min())) if values.size else 0.0
     if largest == 0:
         return 1.0
-    relative = abs(Xi) / largest if sp.issparse(Xi) else np.abs(Xi) / largest
-    per_pixel = np.asarray(relative.sum(axis=1, dtype=np.float64)).ravel()
+    if sp.issparse(Xi):
+        per_pixel = np.asarray((abs(Xi) / largest).sum(axis=1, dtype=np.float64)).ravel()
+    else:
+        per_pixel = _relative_row_sums(Xi, largest)
     with np.errstate(over="ignore"):
         if not np.isfinite(per_pixel.max() * largest):
             raise ValueError(
@@ -209,6 +211,20 @@ def data_scale(Xi) -> float:
                 "X by a constant first."
             )
     return float(per_pixel.mean()) * largest
+
+
+#: Entries per block of :func:`_relative_row_sums` (its temporaries stay this small).
+SCALE_BLOCK_ENTRIES = 1 << 20
+
+
+def _relative_row_sums(Xi: np.ndarray, largest: float) -> np.ndarray:
+    """``(|Xi| / largest).sum(axis=1)`` in float64, by blocks of rows (no copy of ``Xi``)."""
+    rows = max(1, SCALE_BLOCK_ENTRIES // max(Xi.shape[1], 1))
+    sums = np.empty(Xi.shape[0], dtype=np.float64)
+    for start in range(0, Xi.shape[0], rows):
+        block = np.abs(Xi[start : start + rows]) / largest
+        sums[start : start + rows] = block.sum(axis=1, dtype=np.float64)
+    return sums
 
 
 def divide(Xi, scale: float):

@@ -235,3 +235,60 @@ def test_data_pass_sparse_matches_dense_terms(counts):
             results[name] = (out.data_loss, out.w_negative, neg, curv, A)
         for a, b in zip(results["dense"], results["sparse"], strict=True):
             np.testing.assert_allclose(b, a, rtol=1e-10)
+
+
+@pytest.mark.parametrize("hspy_comp", [False, True])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int64, np.float32, np.float64])
+def test_dense_low_count_input_is_compressed_as_given(counts, hspy_comp, dtype):
+    # A dense array bound for the sparse path is compressed in its own type: the same
+    # fit as its CSR matrix, in either orientation and memory order, input untouched.
+    values = np.ascontiguousarray(counts.T) if hspy_comp else counts
+    ref, D_ref = _fit(sp.csr_matrix(values.astype(np.float64)), "auto", hspy_comp=hspy_comp)
+    for X in (values.astype(dtype), np.asfortranarray(values.astype(dtype))):
+        before = X.copy()
+        est, D = _fit(X, "auto", hspy_comp=hspy_comp, dtype=np.float64)
+        assert est.data_path_ == "sparse"
+        np.testing.assert_allclose(D, D_ref, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(est.losses_, ref.losses_, rtol=1e-12)
+        np.testing.assert_array_equal(X, before)
+        assert X.dtype == before.dtype
+        np.testing.assert_allclose(est.transform(X), ref.transform(values), rtol=1e-9, atol=1e-12)
+
+
+def test_dense_counts_are_never_copied_to_floats():
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    X = rng.poisson(0.02, size=(400, 3000)).astype(np.uint8)  # 2 % non-zero
+    params = dict(n_components=2, max_iter=2, no_stop_criterion=True, verbose=0, hspy_comp=True)
+    SmoothNMF(**params, random_state=0).fit(X)  # compiled kernels loaded outside the trace
+    tracemalloc.start()
+    try:
+        est = SmoothNMF(**params, random_state=0).fit(X)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert est.data_path_ == "sparse"
+    assert peak < 0.25 * X.size * 8  # a float64 copy would be 9.6 MB (measured: 1.5 MB)
+
+
+def test_compressed_dense_input_is_validated_as_before(counts):
+    for bad, message in ((np.nan, "NaN"), (np.inf, "infinity"), (-1.0, "Negative values")):
+        X = counts.copy()
+        X[3, 2] = bad
+        with pytest.raises(ValueError, match=message):
+            _fit(X, "auto")
+        with pytest.raises(ValueError, match=message):
+            _fit(X, False)
+
+
+def test_a_callable_G_receives_the_dense_data(counts):
+    received = []
+
+    def G(X):
+        received.append(type(X))
+        return _G()
+
+    est, _ = _fit(counts, "auto", G=G, max_iter=2)
+    assert est.data_path_ == "sparse"
+    assert received == [np.ndarray]
