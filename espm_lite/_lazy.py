@@ -43,7 +43,7 @@ import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from .kernels.chunked import ChunkedData, check_values, chunk_tasks
-from .kernels.compiled import compress_rows
+from .kernels.compiled import compress_rows, dense_to_csr
 from .kernels.sparse_data import density_threshold
 
 _logger = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ def in_memory(estimator, X, *, where: str = "input X"):
 def compressed_if_sparse(estimator, X):
     """A dense NumPy array that the fit will take on the sparse path, as a sparse matrix.
 
-    The array is compressed in its own type (:func:`espm_lite.kernels.compress_rows`:
+    The array is compressed in its own type (:func:`~espm_lite.kernels.compiled.dense_to_csr`:
     integer counts are never copied to a dense floating-point array, which for a
     320x240x2048 map of ``uint8`` counts is 1.3 GB and most of the time of a fit), in the
     orientation of ``X`` (CSR of its rows, or CSC when it is stored by columns); its
@@ -200,11 +200,7 @@ def compressed_if_sparse(estimator, X):
     if estimator.sparse is not True and stored >= threshold * X.size:
         return X
     by_columns = X.flags.f_contiguous and not X.flags.c_contiguous
-    matrix = compress_rows(X.T if by_columns else X, dtype)
-    # One index type for both index arrays, as SciPy's own operations expect.
-    index_dtype = np.int32 if max(stored, *X.shape) < np.iinfo(np.int32).max else np.int64
-    matrix.indices = matrix.indices.astype(index_dtype, copy=False)
-    matrix.indptr = matrix.indptr.astype(index_dtype, copy=False)
+    matrix = dense_to_csr(X.T if by_columns else X, dtype)
     matrix = matrix.T if by_columns else matrix  # CSC: the columns as stored
     _logger.info(
         "%s: dense input compressed into a sparse matrix (%d stored entries, %.3g GB).",

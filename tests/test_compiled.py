@@ -292,6 +292,22 @@ def test_compressed_rows_are_scipys_csr(engine, raw_dtype, dtype, n_channels, sh
     np.testing.assert_array_equal(values, before)
 
 
+@pytest.mark.parametrize("engine", ["numba", "numpy"])
+def test_dense_to_csr_is_a_matrix_scipy_can_work_with(engine):
+    # One index type for both index arrays: SciPy's own operations (tocoo, slicing,
+    # transposes) refuse the mixed int32/int64 arrays of compress_rows.
+    values = np.random.default_rng(1).poisson(0.3, size=(2 * COMPRESS_ROWS + 3, 9))
+    with config_context(engine=engine):
+        matrix = compiled.dense_to_csr(values.astype(np.uint8), np.float64)
+    assert matrix.indices.dtype == matrix.indptr.dtype == np.int32
+    reference = sp.csr_matrix(values.astype(np.float64))
+    assert (matrix != reference).nnz == 0
+    coo = matrix.tocoo()
+    np.testing.assert_array_equal(coo.toarray(), values)
+    np.testing.assert_array_equal(matrix[5:40].toarray(), values[5:40])
+    np.testing.assert_array_equal(matrix.T.tocsr().toarray(), values.T)
+
+
 @pytest.mark.parametrize("k", [3, 10])
 @pytest.mark.parametrize("with_sparsity", [False, True])
 def test_exact_row_solves_are_the_same_with_both_engines(k, with_sparsity):

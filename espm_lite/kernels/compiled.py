@@ -303,3 +303,14 @@ def compress_rows(values, dtype, *, shared: bool = True) -> sp.csr_matrix:
     matrix = sp.csr_matrix((data, indices, indptr), shape=values.shape, copy=False)
     matrix.has_canonical_format = True  # columns increase within each row, no duplicates
     return matrix
+
+
+def dense_to_csr(values, dtype) -> sp.csr_matrix:
+    """:func:`compress_rows` with one index type for both index arrays (int32 when the
+    sizes allow), as SciPy's own operations on the matrix expect."""
+    matrix = compress_rows(values, dtype)
+    largest = max(matrix.nnz, *matrix.shape)
+    index_dtype = np.int32 if largest < np.iinfo(np.int32).max else np.int64
+    matrix.indices = matrix.indices.astype(index_dtype, copy=False)
+    matrix.indptr = matrix.indptr.astype(index_dtype, copy=False)
+    return matrix

@@ -261,8 +261,11 @@ def newton_rows(
     terms = (None if mu is None else np.asarray(mu, dtype=np.float64), float(eps))
     # Stored entries only: the log term needs the model where x > 0 (dense data
     # are converted once; faster than full rows even at 50 % density).
-    X = sp.csr_matrix(X, dtype=np.float64)
-    X.sum_duplicates()
+    if sp.issparse(X):
+        X = sp.csr_matrix(X, dtype=np.float64)
+        X.sum_duplicates()
+    else:  # compiled, without SciPy's index temporaries
+        X = compiled.dense_to_csr(X, np.float64)
     C = np.array(np.maximum(start, floor), dtype=np.float64)
     with_kernels = compiled.use_compiled()
     A = np.ascontiguousarray(A)

@@ -297,11 +297,23 @@ def _values(X):
     return X.data if sp.issparse(X) else X
 
 
+#: Entries per block of rows of :func:`xlogx_sum` on dense data (its temporaries stay
+#: this small: a dense image is not copied).
+XLOGX_BLOCK_ENTRIES = 1 << 20
+
+
 def xlogx_sum(X) -> float:
-    """``sum X log X`` with ``0 log 0 = 0`` (dense or sparse ``X``)."""
+    """``sum X log X`` with ``0 log 0 = 0`` (dense or sparse ``X``; dense by blocks of rows)."""
     values = _values(X)
-    positive = values[values > 0]
-    return float(np.dot(positive.astype(np.float64), np.log(positive.astype(np.float64))))
+    if values.ndim < 2:
+        return _xlogx(values)
+    rows = max(1, XLOGX_BLOCK_ENTRIES // max(values.shape[1], 1))
+    return sum(_xlogx(values[start : start + rows]) for start in range(0, len(values), rows))
+
+
+def _xlogx(values: np.ndarray) -> float:
+    positive = values[values > 0].astype(np.float64, copy=False)
+    return float(np.dot(positive, np.log(positive)))
 
 
 def data_sum(X) -> float:
