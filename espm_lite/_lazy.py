@@ -176,7 +176,7 @@ def compressed_if_sparse(estimator, X):
 
     The array is compressed in its own type (:func:`~espm_lite.kernels.compiled.dense_to_csr`:
     integer counts are never copied to a dense floating-point array, which for a
-    320x240x2048 map of ``uint8`` counts is 1.3 GB and most of the time of a fit), in the
+    240x320x2048 map of ``uint8`` counts is 1.3 GB and most of the time of a fit), in the
     orientation of ``X`` (CSR of its rows, or CSC when it is stored by columns); its
     stored values are then checked by the usual validation. Anything else is returned
     as it is: other types, arrays the sparse path would not take (``sparse=False``,

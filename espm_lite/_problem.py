@@ -213,17 +213,11 @@ def data_scale(Xi) -> float:
     return float(per_pixel.mean()) * largest
 
 
-#: Entries per block of :func:`_relative_row_sums` (its temporaries stay this small).
-SCALE_BLOCK_ENTRIES = 1 << 20
-
-
 def _relative_row_sums(Xi: np.ndarray, largest: float) -> np.ndarray:
     """``(|Xi| / largest).sum(axis=1)`` in float64, by blocks of rows (no copy of ``Xi``)."""
-    rows = max(1, SCALE_BLOCK_ENTRIES // max(Xi.shape[1], 1))
     sums = np.empty(Xi.shape[0], dtype=np.float64)
-    for start in range(0, Xi.shape[0], rows):
-        block = np.abs(Xi[start : start + rows]) / largest
-        sums[start : start + rows] = block.sum(axis=1, dtype=np.float64)
+    for rows in kernels.row_blocks(*Xi.shape, Xi.itemsize):
+        sums[rows] = (np.abs(Xi[rows]) / largest).sum(axis=1, dtype=np.float64)
     return sums
 
 

@@ -32,18 +32,12 @@ set ``espm_lite.kernels.SPARSE_DENSITY_THRESHOLD`` to change them.
 """
 
 from ._array_ops import ArrayOps, column_max, column_means, column_sums
-from .data_pass import (
-    BLOCK_BYTES,
-    DEVICE_BLOCK_BYTES,
-    MapRule,
-    PassResult,
-    data_pass,
-    row_blocks,
-)
+from .data_pass import DEVICE_BLOCK_BYTES, MapRule, PassResult, data_pass
 from .fused import MultiplicativeMapRule
 from .laplacian import LAPLACIAN_NORM_BOUND, grid_laplacian
 from .simplex import bisect_multiplier, mu_update, projected_step, quadratic_root_update
 from .sparse_data import (
+    BLOCK_BYTES,
     SPARSE_BLOCK_NNZ,
     SPARSE_DENSITY_THRESHOLD,
     SPARSE_DENSITY_THRESHOLD_FLOAT32,
@@ -60,6 +54,7 @@ from .sparse_data import (
     density,
     density_threshold,
     prepare_data,
+    row_blocks,
     xlogx_sum,
 )
 from .threads import num_threads

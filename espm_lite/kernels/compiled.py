@@ -33,7 +33,9 @@ uses, per float type and number of phases: about a second and a half on 2 cores)
 :func:`compress_rows` turns a dense band of data read from disk into CSR in
 two passes over it (entries per row, then the entries), in the band's own type
 (for example ``uint16`` counts): about 10x faster than
-``scipy.sparse.csr_matrix`` of the band cast to floats.
+``scipy.sparse.csr_matrix`` of the band cast to floats. :func:`dense_to_csr`
+does the same for a whole array in memory (the input of a fit, the data of the
+exact row solves), with the index types SciPy's own operations expect.
 
 The engine is chosen by :func:`espm_lite.config_context` /
 :func:`espm_lite.set_config` (``engine="auto"``, ``"numba"`` or ``"numpy"``).

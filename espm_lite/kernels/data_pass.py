@@ -60,23 +60,21 @@ from . import fused as _fused
 from . import missing as _missing
 from ._array_ops import ArrayOps, column_sums
 from .chunked import BandView, ChunkedData
-from .sparse_data import SparseData, SparseRowBlock, csr_like, dense_block, model_at
+from .sparse_data import (
+    BLOCK_BYTES,
+    SparseData,
+    SparseRowBlock,
+    csr_like,
+    dense_block,
+    model_at,
+    row_blocks,
+)
 from .threads import num_threads, run_parts
 
-#: Size in bytes of one block of data rows processed at once by :func:`data_pass`
-#: (NumPy: blocks that stay in cache, spread over threads).
-BLOCK_BYTES = 1 << 20
-#: The same for other array libraries (GPUs): large blocks, so that each kernel
-#: launch has enough work, within a bounded memory for the block temporaries.
+#: The same as :data:`~espm_lite.kernels.sparse_data.BLOCK_BYTES` for other array
+#: libraries (GPUs): large blocks, so that each kernel launch has enough work, within a
+#: bounded memory for the block temporaries.
 DEVICE_BLOCK_BYTES = 1 << 28
-
-
-def row_blocks(
-    n_rows: int, n_cols: int, itemsize: int, block_bytes: int = BLOCK_BYTES
-) -> list[slice]:
-    """Split ``range(n_rows)`` into contiguous blocks of about ``block_bytes``."""
-    size = max(1, block_bytes // max(1, n_cols * itemsize))
-    return [slice(start, min(start + size, n_rows)) for start in range(0, n_rows, size)]
 
 
 @dataclass

@@ -28,6 +28,20 @@ from .chunked import BandView, ChunkedData
 from .compiled import use_compiled
 from .threads import num_threads
 
+#: Size in bytes of one block of data rows processed at once by
+#: :func:`~espm_lite.kernels.data_pass` (NumPy: blocks that stay in cache, spread over
+#: threads), and by the sums over dense data (their temporaries stay this small).
+BLOCK_BYTES = 1 << 20
+
+
+def row_blocks(
+    n_rows: int, n_cols: int, itemsize: int, block_bytes: int = BLOCK_BYTES
+) -> list[slice]:
+    """Split ``range(n_rows)`` into contiguous blocks of about ``block_bytes``."""
+    size = max(1, block_bytes // max(1, n_cols * itemsize))
+    return [slice(start, min(start + size, n_rows)) for start in range(0, n_rows, size)]
+
+
 #: Number of stored entries per row block of the sparse path of
 #: :func:`~espm_lite.kernels.data_pass` (at most; see :data:`BLOCKS_PER_THREAD`).
 SPARSE_BLOCK_NNZ = 1 << 18
@@ -297,18 +311,13 @@ def _values(X):
     return X.data if sp.issparse(X) else X
 
 
-#: Entries per block of rows of :func:`xlogx_sum` on dense data (its temporaries stay
-#: this small: a dense image is not copied).
-XLOGX_BLOCK_ENTRIES = 1 << 20
-
-
 def xlogx_sum(X) -> float:
-    """``sum X log X`` with ``0 log 0 = 0`` (dense or sparse ``X``; dense by blocks of rows)."""
+    """``sum X log X`` with ``0 log 0 = 0`` (dense or sparse ``X``; dense by blocks of rows,
+    so that its temporaries stay small)."""
     values = _values(X)
     if values.ndim < 2:
         return _xlogx(values)
-    rows = max(1, XLOGX_BLOCK_ENTRIES // max(values.shape[1], 1))
-    return sum(_xlogx(values[start : start + rows]) for start in range(0, len(values), rows))
+    return sum(_xlogx(values[rows]) for rows in row_blocks(*values.shape, values.itemsize))
 
 
 def _xlogx(values: np.ndarray) -> float:
