@@ -43,7 +43,7 @@ import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from .kernels.chunked import ChunkedData, check_values, chunk_tasks
-from .kernels.compiled import compress_rows, dense_to_csr
+from .kernels.compiled import compress_rows, csr_index_dtype, dense_to_csr
 from .kernels.sparse_data import density_threshold
 
 _logger = logging.getLogger(__name__)
@@ -302,7 +302,7 @@ def _join(parts: list[sp.csr_matrix], dtype) -> sp.csr_matrix:
     n = parts[0].shape[1]
     p = sum(part.shape[0] for part in parts)
     nnz = sum(part.nnz for part in parts)
-    index_dtype = np.int32 if max(nnz, n) < np.iinfo(np.int32).max else np.int64
+    index_dtype = csr_index_dtype(nnz, n)
     data = np.empty(nnz, dtype=dtype)
     indices = np.empty(nnz, dtype=index_dtype)
     indptr = np.empty(p + 1, dtype=index_dtype)

@@ -307,12 +307,17 @@ def compress_rows(values, dtype, *, shared: bool = True) -> sp.csr_matrix:
     return matrix
 
 
+def csr_index_dtype(nnz: int, n_cols: int) -> type:
+    """The one index type of both index arrays of a CSR matrix (int32 when it holds them),
+    as SciPy's own operations on the matrix expect."""
+    return np.int32 if max(nnz, n_cols) < np.iinfo(np.int32).max else np.int64
+
+
 def dense_to_csr(values, dtype) -> sp.csr_matrix:
-    """:func:`compress_rows` with one index type for both index arrays (int32 when the
-    sizes allow), as SciPy's own operations on the matrix expect."""
+    """:func:`compress_rows` with one index type for both index arrays
+    (:func:`csr_index_dtype`)."""
     matrix = compress_rows(values, dtype)
-    largest = max(matrix.nnz, *matrix.shape)
-    index_dtype = np.int32 if largest < np.iinfo(np.int32).max else np.int64
+    index_dtype = csr_index_dtype(matrix.nnz, matrix.shape[1])
     matrix.indices = matrix.indices.astype(index_dtype, copy=False)
     matrix.indptr = matrix.indptr.astype(index_dtype, copy=False)
     return matrix
