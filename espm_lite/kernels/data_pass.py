@@ -460,8 +460,8 @@ def _sparse_blocks(ctx: _PassContext, my_blocks: list[SparseRowBlock]) -> tuple:
 def _run_fused(ctx: _PassContext, block, rows: slice, w_neg, w_removed) -> tuple:
     """One block by :func:`~espm_lite.kernels.fused.run_block`: (loss part, ``w_removed``)."""
     args = (block, rows, ctx.A, ctx.D, ctx.col_d, ctx.fused, w_neg, ctx.need_loss)
-    lost, removed = _fused.run_block(*args, missing=ctx.missing)
-    return lost, (removed if w_removed is None else w_removed + removed)
+    lost = _fused.run_block(*args, missing=ctx.missing)
+    return lost, _removed(ctx, rows, ctx.A[rows], w_removed)  # at the updated maps
 
 
 def _compiled_map_terms(ctx: _PassContext, block: SparseRowBlock, Ab, part: float):

@@ -39,7 +39,7 @@ from functools import cache
 import numpy as np
 
 from .compiled import UNROLLED_MAX_K, _numba
-from .missing import MissingEntries, map_terms, spectra_removed
+from .missing import MissingEntries, map_terms
 from .sparse_data import SparseRowBlock
 
 #: The data term ``sum_e x_e log y_e`` takes few logarithms: a run of consecutive
@@ -258,8 +258,8 @@ def run_block(
     w_negative,
     need_loss: bool,
     missing: MissingEntries | None = None,
-) -> tuple[float, np.ndarray | None]:
-    r"""One block of rows by the fused kernel: (its part of the data term, ``w_removed`` part).
+) -> float:
+    r"""One block of rows by the fused kernel; returns its part of the data term.
 
     ``block`` is a :class:`~espm_lite.kernels.SparseRowBlock` or the dense rows
     ``rows`` of the data; the maps ``A[rows]`` are updated in place and the
@@ -267,11 +267,11 @@ def run_block(
     ``-\sum_e x_e \log y_e`` (0 without ``need_loss``). With ``missing``
     (no row entirely missing), the positive part of the map gradient and the
     data term are those of the observed entries
-    (:func:`espm_lite.kernels.missing.map_terms`), and the second value is the
-    block's :func:`~espm_lite.kernels.missing.spectra_removed` (else None).
+    (:func:`espm_lite.kernels.missing.map_terms`); what the missing entries
+    remove from the spectra's gradient is left to the caller, at the updated maps.
     """
     A_b = np.ascontiguousarray(A[rows])
-    positive, part, removed = col_d, 0.0, None
+    positive, part = col_d, 0.0
     if missing is not None:
         unmasked = np.broadcast_to(col_d, A_b.shape)
         _, positive, part = map_terms(missing, rows, A_b, D, "kl", unmasked, unmasked)
@@ -279,8 +279,6 @@ def run_block(
         log_sum = kl_fused_map_update(block, A_b, D, positive, rule, w_negative, need_loss)
     else:
         log_sum = kl_fused_dense_update(block, rows, A_b, D, positive, rule, w_negative, need_loss)
-    if missing is not None:
-        removed = spectra_removed(missing, rows, A_b, D, "kl")
     if not np.shares_memory(A_b, A):
         A[rows] = A_b
-    return part - log_sum, removed
+    return part - log_sum

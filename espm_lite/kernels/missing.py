@@ -34,9 +34,10 @@ iterate). Rows or columns that are mostly missing are summed over their
 observed entries directly, instead of as a difference of two near-equal sums.
 
 Everything mask-specific lives in this module: the pass over the data
-(:mod:`espm_lite.kernels.data_pass`, and :func:`espm_lite.kernels.fused.run_block`
-for its compiled blocks) calls :func:`map_terms` and :func:`spectra_removed`
-once per block, and the ``W`` update calls :func:`spectra_terms`. NumPy only.
+(:mod:`espm_lite.kernels.data_pass`) calls :func:`map_terms` (for its compiled
+blocks through :func:`espm_lite.kernels.fused.run_block`) and
+:func:`spectra_removed` once per block, and the ``W`` update calls
+:func:`spectra_terms`. NumPy only.
 """
 
 from __future__ import annotations
