@@ -147,6 +147,34 @@ def test_purity_correction_undoes_a_rotation(phantom):
     assert np.abs(phase_fractions(W1, rows, masses) - phantom.fractions).max() > 1e-3
 
 
+def test_pure_pixels_are_judged_by_their_neighbourhood_on_a_grid():
+    """At low counts the one-pixel test takes the mixed edge of a pure region as pure.
+
+    Phase 0 fills the left half of a 20 x 20 scan with an apparent impurity of 4 %
+    of phase 1; a two-pixel band at its edge is a true 85 / 15 mix; phase 1 fills
+    the rest. At 20 counts per pixel the one-pixel tolerance, ``1/sqrt(20) = 0.22``,
+    admits the band, and the impurity is overestimated; on the grid the band's
+    neighbourhoods include the other phase, so only the interior is taken and the
+    impurity moved back is the 4 % exactly.
+    """
+    shape = (20, 20)
+    G = np.eye(4)
+    W = np.array([[0.7, 0.1], [0.1, 0.6], [0.1, 0.2], [0.1, 0.1]])
+    H = np.zeros((2, *shape))
+    H[0, :, :8], H[1, :, :8] = 1.0, 0.04  # phase 0 with its apparent impurity
+    H[0, :, 8:10], H[1, :, 8:10] = 0.85, 0.15  # the mixed band
+    H[1, :, 10:] = 1.0
+    H = 20.0 * H.reshape(2, -1)  # 20 counts per pixel (the columns of G W sum to 1)
+    assert np.all(1 - 0.85 / 1.0 <= 1 / np.sqrt(20.0))  # the band passes alone
+    expected = W @ np.array([[1.0, 0.0], [0.04, 1.0]])
+    np.testing.assert_allclose(purity_corrected_W(W, H, G, shape)[:, 0], expected[:, 0], rtol=1e-12)
+    impurity_alone = (purity_corrected_W(W, H, G)[:, 0] - W[:, 0]) / W[:, 1]
+    np.testing.assert_allclose(impurity_alone, (8 * 0.04 + 2 * 0.15) / (8 + 2 * 0.85))
+    # without a grid that matches the pixels, each pixel alone
+    alone = purity_corrected_W(W, H, G)
+    np.testing.assert_array_equal(purity_corrected_W(W, H, G, (10, 10)), alone)
+
+
 def test_a_correction_that_moves_with_the_fit_adds_no_spread(phantom, fitted, monkeypatch):
     """The spread is that of the fit and of the bias estimate ``c~ - c^``, not of ``c~``.
 
@@ -169,7 +197,7 @@ def test_a_correction_that_moves_with_the_fit_adds_no_spread(phantom, fitted, mo
     for _ in range(40):
         Wb, Hb, _ = rescaled(None, None, W, H, None)
         fit.append(phase_fractions(Wb, rows, masses))
-        corrected.append(phase_fractions(purity_corrected_W(Wb, Hb, G), rows, masses))
+        corrected.append(phase_fractions(purity_corrected_W(Wb, Hb, G, SHAPE), rows, masses))
     fit, corrected = np.array(fit), np.array(corrected)
     s_fit, s_corr = fit.std(axis=0, ddof=1), corrected.std(axis=0, ddof=1)
     s_bias = (corrected - fit).std(axis=0, ddof=1)
