@@ -19,6 +19,7 @@ import hyperspy.api as hs  # noqa: E402
 
 from espm_lite.hyperspy._edx_setup import MissingElementsWarning  # noqa: E402
 from espm_lite.models import EDXModel  # noqa: E402
+from espm_lite.models.element_search import find_missing_elements  # noqa: E402
 from espm_lite.models.spectrum_fit import calibrate, fit_spectrum, fitted_channels  # noqa: E402
 
 TEST_TEM = pathlib.Path(__file__).parent / "data" / "test_TEM.bcf"
@@ -171,9 +172,29 @@ def test_fits_with_G_leave_the_zero_peak_out():
     assert np.all(np.isfinite(np.asarray(s.learning_results.factors)))
 
 
-def test_search_arguments_are_checked():
-    from espm_lite.models.element_search import find_missing_elements
+def test_a_broad_misfit_of_the_continuum_is_not_taken_for_lines():
+    """A smooth hump over the continuum that the model lacks (as a thin-film
+    bremsstrahlung fitted to a bulk SEM spectrum) raises the residual over
+    keV, not over one FWHM: no element is proposed for it, while a real line
+    on top of it is still found."""
+    model = EDXModel(["Fe", "O"], 200.0, **AXIS)
+    G = np.asarray(model.build_G())
+    weights = np.r_[0.6, 0.4, np.full(G.shape[1] - 2, 0.3)]
+    hump = np.exp(-0.5 * ((model.energy - 4.0) / 0.8) ** 2)  # doubles the continuum at 4 keV
+    expected = 2e5 * (G @ weights + hump * (G[:, -2:] @ weights[-2:]))
+    counts = np.random.default_rng(0).poisson(expected).astype(np.float64)
+    fit = fit_spectrum(counts, G, fitted_channels(model.energy))
+    window = np.abs(model.energy - 4.0) < 0.8
+    excess = (counts - fit.model)[window].sum() / np.sqrt(fit.model[window].sum())
+    assert excess > 20 and fit.deviance > 2  # the misfit is far above the noise
+    assert find_missing_elements(counts, model) == []  # was Te, I, Rh by the FWHM window alone
+    copper = EDXModel(["Cu"], 200.0, **AXIS).element_column("Cu")
+    with_line = counts + np.random.default_rng(1).poisson(2e5 * 0.05 * copper)
+    found = find_missing_elements(with_line, model)
+    assert [c.element for c in found] == ["Cu"]
 
+
+def test_search_arguments_are_checked():
     model = EDXModel(["Fe"], 200.0, **AXIS)
     counts = np.ones(1500)
     with pytest.raises(ValueError, match="counts"):

@@ -19,6 +19,7 @@ from espm_lite.hyperspy import (  # noqa: E402
 from espm_lite.hyperspy.signals import BULK_SPECIMEN_REASON  # noqa: E402
 
 BCF = pathlib.Path(__file__).parent / "data" / "bcf_v2_50x50px.bcf"  # see data/README.md
+HITACHI = pathlib.Path(__file__).parent / "data" / "Hitachi_TM3030Plus.bcf"
 FIT = dict(output_dimension=2, random_state=0, verbose=0, max_iter=20)
 BASIS_WARNING = r"thin-film EDX model is used as an approximate spectral basis"
 REFUSAL = r"No thin-film quantification.*bulk specimen.*\(ZAF\).*would be wrong"
@@ -165,3 +166,28 @@ def test_real_bruker_sem_map():
     assert G.element_labels == ("Ag", "Al", "C", "Cu", "O")
     with pytest.raises(ValueError, match=REFUSAL):
         s.concentration_table()
+
+
+def test_the_missing_element_search_does_not_read_a_bulk_continuum_as_lines():
+    """Real SEM spectra under the thin-film model: the continuum is misfit over keV.
+
+    On the Hitachi map (Al and Cu) the FWHM-window test alone proposed I, Sb, Ni,
+    Rh, Fe, Zn, Cr and Tl, none of which has a line in the spectrum; on exspy's
+    TM002 reference material (certified Al C Cu Mn Zr) it proposed Ar, Te, Ru, Ba
+    and Sn. Only Ar is left there (2.96 keV: the Al Kα pile-up peak, 2 x 1.49 keV,
+    which the model does not have), and without elements in the metadata the
+    search proposes the elements of each specimen.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = hs.load(HITACHI, lazy=True)
+    hitachi = next(x for x in loaded if x.axes_manager.signal_dimension == 1)
+    hitachi.set_signal_type("EDS_espm_lite")
+    assert list(hitachi.metadata.Sample.elements) == ["Al", "Cu"]
+    assert hitachi.find_missing_elements() == []
+    assert {c.element for c in hitachi.find_missing_elements(elements=[])} == {"Al", "Cu"}
+    tm002 = exspy.data.EDS_SEM_TM002()
+    tm002.set_signal_type("EDS_espm_lite")
+    assert [c.element for c in tm002.find_missing_elements()] in ([], ["Ar"])
+    proposed = [c.element for c in tm002.find_missing_elements(elements=[])]
+    assert set(proposed[:5]) == {"Al", "C", "Cu", "Mn", "Zr"} and len(proposed) <= 6

@@ -7,7 +7,15 @@ alone):
 1. fit ``G`` (:func:`~espm_lite.models.spectrum_fit.fit_spectrum`) and find the
    residual peaks: channels where the excess counts over a window of one
    detector FWHM, ``z_i = \sum_w (x - m) / \sqrt{\sum_w m}``, is a local
-   maximum above ``significance``;
+   maximum above ``significance``, and stands as high above the residual of
+   its lower flank (a window of half a FWHM on each side, the lower of the
+   two: an X-ray line is one FWHM wide, so a peak beside it does not hide
+   it). The second test is a top-hat filter: a broad misfit of the
+   continuum (a thin-film bremsstrahlung on a bulk SEM spectrum, absorption
+   not modelled) raises the residual over many FWHM, flanks included, and is
+   not taken for lines. Without it the search proposed eight elements (I,
+   Sb, Rh, Tl...) on a real 15 kV SEM map of Al and Cu, whose spectrum has
+   no peak there;
 2. the candidates are the elements of exspy's database (common ones, see
    :data:`EXCLUDED`) with a main line (weight >= 0.1) within one FWHM of such
    a peak, excited by the beam;
@@ -97,25 +105,52 @@ def candidate_elements() -> list[str]:
     return out
 
 
+def _window_sums(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """``sum(values[lo_i:hi_i])`` for every ``i``."""
+    total = np.concatenate([[0.0], np.cumsum(values)])
+    return total[hi] - total[lo]
+
+
 def _residual_peaks(fit, counts, model, significance: float) -> list[tuple[float, float, float]]:
     """``(energy keV, z, excess / modelled counts)`` of the residual peaks above
-    ``significance`` (windows of one FWHM), strongest first."""
+    ``significance`` (windows of one FWHM) that also stand above their lower flank
+    (see the module), strongest first."""
     x = np.asarray(counts, dtype=np.float64)
     energy = model.energy
     half = np.maximum(1, np.round(0.5 * fwhm_at(energy, model.fwhm_mn_ka) / model.energy_scale))
     half = half.astype(int)
-    excess = np.concatenate([[0.0], np.cumsum(np.where(fit.channels, x - fit.model, 0.0))])
-    expected = np.concatenate([[0.0], np.cumsum(np.where(fit.channels, fit.model, 0.0))])
+    fitted = fit.channels
+    residual = np.where(fitted, x - fit.model, 0.0)
+    modelled = np.where(fitted, fit.model, 0.0)
     idx = np.arange(x.size)
     lo, hi = np.maximum(idx - half, 0), np.minimum(idx + half + 1, x.size)
-    z = (excess[hi] - excess[lo]) / np.sqrt(np.maximum(expected[hi] - expected[lo], 1.0))
-    z = np.where(fit.channels, z, 0.0)
+    excess, expected = _window_sums(residual, lo, hi), _window_sums(modelled, lo, hi)
+    z = np.where(fitted, excess / np.sqrt(np.maximum(expected, 1.0)), 0.0)
+    above_flank = _above_lower_flank(residual, modelled, fitted.astype(np.float64), lo, hi, half)
     peaks = []
-    for i in np.flatnonzero(z >= significance):
+    for i in np.flatnonzero((z >= significance) & (above_flank >= significance)):
         if z[i] >= z[lo[i] : hi[i]].max():
-            ratio = (excess[hi[i]] - excess[lo[i]]) / max(expected[hi[i]] - expected[lo[i]], 1.0)
+            ratio = excess[i] / max(expected[i], 1.0)
             peaks.append((float(energy[i]), float(z[i]), float(ratio)))
     return sorted(peaks, key=lambda p: -p[1])
+
+
+def _above_lower_flank(residual, modelled, fitted, lo, hi, half) -> np.ndarray:
+    """Excess of each window ``[lo, hi)`` over the mean residual of its lower flank,
+    in standard deviations (flanks: ``half`` fitted channels or fewer on each side)."""
+    n = residual.size
+    flanks = [(np.maximum(lo - half, 0), lo), (hi, np.minimum(hi + half, n))]
+    channels = np.stack([_window_sums(fitted, a, b) for a, b in flanks])
+    sums = np.stack([_window_sums(residual, a, b) for a, b in flanks])
+    variances = np.stack([_window_sums(modelled, a, b) for a, b in flanks])
+    levels = np.where(channels > 0, sums / np.maximum(channels, 1), np.inf)
+    pick = (np.argmin(levels, axis=0), np.arange(n))  # the lower flank of each window
+    level = np.where(np.isfinite(levels[pick]), levels[pick], 0.0)  # no fitted flank: 0
+    in_window = _window_sums(fitted, lo, hi)
+    weight = in_window / np.maximum(channels[pick], 1)
+    excess = _window_sums(residual, lo, hi) - in_window * level
+    spread = _window_sums(modelled, lo, hi) + weight**2 * variances[pick]
+    return excess / np.sqrt(np.maximum(spread, 1.0))
 
 
 def _on_peak(energy: float, model, peaks) -> bool:
