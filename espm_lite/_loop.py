@@ -18,7 +18,16 @@ the factors is
           \frac{\|M_t - M_{t-1}\|_F}{\|M_t\|_F}\right),
 
 and the loop stops when :math:`\delta < \mathrm{tol}` at
-:data:`STOP_WINDOW` consecutive iterations. ``delta`` is scale-free
+:data:`STOP_WINDOW` consecutive iterations, or when the net change over
+:data:`STOP_WINDOW` iterations is that small on average: every
+:data:`STOP_WINDOW` accepted iterations the iterate is compared with the one
+kept at the previous check, and the loop stops when their relative change
+(the same ``delta``) is below ``STOP_WINDOW * tol``.  The second test stops
+iterates that cycle on the spot (each step moves them a little above
+``tol``, in turn one way and back: the extrapolation's restarts, the
+Laplacian and the simplex projection on a real 64x64 STEM map kept
+``delta`` at 4.7e-7 for 9000 iterations while the fractions changed by
+less than 1e-6); on a steady drift the two tests agree.  ``delta`` is scale-free
 (unchanged when the data and the iterates are multiplied by a constant, and
 independent of the size of the objective, which for Poisson data is
 dominated by the noise floor) and it measures the quantity of interest: the
@@ -86,6 +95,9 @@ class History:
         The stopping rule was met (or the objective stopped decreasing).
     calm : int
         Consecutive iterations (up to now) with ``factor_change < tol``.
+    checkpoint : tuple of ndarray or None
+        The factors kept for the net-change test, and ``since_checkpoint`` the
+        accepted iterations since they were kept.
     interrupted : bool
         The loop was stopped by ``KeyboardInterrupt`` (Ctrl-C) and ended on the
         last complete iterate.
@@ -96,6 +108,8 @@ class History:
     final_terms: dict = field(default_factory=dict)
     converged: bool = False
     calm: int = 0
+    checkpoint: tuple | None = None
+    since_checkpoint: int = 0
     interrupted: bool = False
 
     def replace_final(self, terms: dict, n_entries: int, names: tuple[str, ...]) -> None:
@@ -191,6 +205,21 @@ def factor_change(older: tuple[np.ndarray, ...], newer: tuple[np.ndarray, ...]) 
         float(np.linalg.norm(b - a)) / max(float(np.linalg.norm(b)), tiny)
         for a, b in zip(older, newer, strict=True)
     )
+
+
+def _settled_on_net(history: History, newest: tuple[np.ndarray, ...], tol: float) -> bool:
+    """The net-change test (module docstring): every :data:`STOP_WINDOW` accepted
+    iterations, whether the factors moved less than ``STOP_WINDOW * tol`` since the
+    last check; the newest factors become the next checkpoint."""
+    if history.checkpoint is None:
+        history.checkpoint, history.since_checkpoint = newest, 0
+        return False
+    history.since_checkpoint += 1
+    if history.since_checkpoint < STOP_WINDOW:
+        return False
+    net = factor_change(history.checkpoint, newest)
+    history.checkpoint, history.since_checkpoint = newest, 0
+    return net < STOP_WINDOW * tol
 
 
 def run(
@@ -334,7 +363,8 @@ def _iterate(
         change = factor_change(factors[0], newest)
         factors[0] = newest
         history.calm = history.calm + 1 if change < settings.tol else 0
-        history.converged = history.calm >= STOP_WINDOW and not settings.no_stop
+        settled = history.calm >= STOP_WINDOW or _settled_on_net(history, newest, settings.tol)
+        history.converged = settled and not settings.no_stop
         snaps[:] = [snaps[-1], (state.snapshot(), measure(change))]
         if history.converged:
             break
@@ -367,7 +397,7 @@ def _finish(solver, problem, state, settings, history, snaps, f_older, terms_old
         warnings.warn(
             f"{settings.name} reached max_iter={settings.max_iter} before the relative "
             f"change of the factors stayed below tol={settings.tol} for {STOP_WINDOW} "
-            "iterations; increase max_iter.",
+            "iterations (or moved less than that on average over them); increase max_iter.",
             ConvergenceWarning,
             stacklevel=4,
         )

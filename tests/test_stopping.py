@@ -12,7 +12,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from espm_lite import PNMF, SNMF, ConvexNMF, SmoothNMF
 from espm_lite._extrapolation import extrapolate
-from espm_lite._loop import STOP_WINDOW, factor_change
+from espm_lite._loop import STOP_WINDOW, factor_change, run
 from espm_lite.datasets import make_spectrum_image
 from espm_lite.measures import matched_angles
 
@@ -100,6 +100,70 @@ def test_factor_change_is_scale_free():
 def test_stops_after_a_window_of_calm_iterations(phantom):
     est, _ = _fit(SmoothNMF, phantom.X, tol=1e3, max_iter=200, accelerate=False)
     assert est.n_iter_ == STOP_WINDOW
+
+
+class _Moving:
+    """A state whose spectra are scaled by ``factors[t % len(factors)]`` at step ``t``
+    (objective constant): a cycle on the spot, or a steady drift."""
+
+    names = ("data",)
+    threaded_passes = False
+
+    def __init__(self, factors):
+        self.factors, self.t = factors, 0
+
+    def step(self, problem, state):
+        state.D *= self.factors[self.t % len(self.factors)]
+        self.t += 1
+        return {"data": 1.0}
+
+    def objective(self, problem, state):
+        return {"data": 1.0}
+
+    def monitored(self, problem, state):
+        return state.D, state.M
+
+    def extrapolated(self, problem):
+        return {}
+
+    def on_increase(self, state):
+        return False
+
+
+class _State:
+    def __init__(self):
+        self.D, self.M = np.ones((5, 2)), np.ones((7, 2))
+
+    def snapshot(self):
+        return self.D.copy()
+
+    def restore(self, snapshot):
+        self.D = snapshot.copy()
+
+    def finite(self):
+        return True
+
+
+class _Problem:
+    n_entries = 35
+
+
+@pytest.mark.parametrize("cycle", [(1.1, 1 / 1.1), (1.00001, 1.00001, 1 / 1.00001**2)])
+def test_iterates_that_cycle_on_the_spot_stop_on_their_net_change(cycle):
+    """Each step moves the factors above ``tol``, but they come back: the net-change
+    test stops the loop at a multiple of the window, with no ConvergenceWarning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        history = run(_Moving(cycle), _Problem(), _State(), tol=1e-6, max_iter=5000, verbose=0)
+    assert history.converged
+    assert history.n_iter <= 3 * len(cycle) * STOP_WINDOW
+    assert history.calm == 0  # the per-step test alone would never have stopped
+
+
+def test_a_steady_drift_above_tol_is_not_stopped():
+    with pytest.warns(ConvergenceWarning, match="max_iter=400"):
+        history = run(_Moving((1 + 2e-6,)), _Problem(), _State(), tol=1e-6, max_iter=400, verbose=0)
+    assert not history.converged and history.n_iter == 400
 
 
 def test_history_records_factor_and_objective_changes(phantom):
