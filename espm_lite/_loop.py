@@ -19,15 +19,16 @@ the factors is
 
 and the loop stops when :math:`\delta < \mathrm{tol}` at
 :data:`STOP_WINDOW` consecutive iterations, or when the net change over
-:data:`STOP_WINDOW` iterations is that small on average: every
-:data:`STOP_WINDOW` accepted iterations the iterate is compared with the one
-kept at the previous check, and the loop stops when their relative change
-(the same ``delta``) is below ``STOP_WINDOW * tol``.  The second test stops
-iterates that cycle on the spot (each step moves them a little above
-``tol``, in turn one way and back: the extrapolation's restarts, the
-Laplacian and the simplex projection on a real 64x64 STEM map kept
-``delta`` at 4.7e-7 for 9000 iterations while the fractions changed by
-less than 1e-6); on a steady drift the two tests agree.  ``delta`` is scale-free
+:data:`STOP_WINDOW` iterations is below ``tol``: every :data:`STOP_WINDOW`
+accepted iterations the iterate is compared with the one kept at the
+previous check, and the loop stops when their relative change (the same
+``delta``) is below ``tol``.  The second test stops iterates that cycle on
+the spot, each step a little above ``tol``, one way and back (the
+extrapolation's restarts, the Laplacian and the simplex projection: on a
+real 64x64 STEM map ``delta`` stayed at 4.7e-7 for 9000 iterations while
+the fractions changed by less than 1e-6).  It never stops a steady drift
+that the first test would not: it needs a drift below ``tol / STOP_WINDOW``
+per iteration.  ``delta`` is scale-free
 (unchanged when the data and the iterates are multiplied by a constant, and
 independent of the size of the objective, which for Poisson data is
 dominated by the noise floor) and it measures the quantity of interest: the
@@ -209,8 +210,8 @@ def factor_change(older: tuple[np.ndarray, ...], newer: tuple[np.ndarray, ...]) 
 
 def _settled_on_net(history: History, newest: tuple[np.ndarray, ...], tol: float) -> bool:
     """The net-change test (module docstring): every :data:`STOP_WINDOW` accepted
-    iterations, whether the factors moved less than ``STOP_WINDOW * tol`` since the
-    last check; the newest factors become the next checkpoint."""
+    iterations, whether the factors moved less than ``tol`` since the last check;
+    the newest factors become the next checkpoint."""
     if history.checkpoint is None:
         history.checkpoint, history.since_checkpoint = newest, 0
         return False
@@ -219,7 +220,7 @@ def _settled_on_net(history: History, newest: tuple[np.ndarray, ...], tol: float
         return False
     net = factor_change(history.checkpoint, newest)
     history.checkpoint, history.since_checkpoint = newest, 0
-    return net < STOP_WINDOW * tol
+    return net < tol
 
 
 def run(
@@ -397,7 +398,7 @@ def _finish(solver, problem, state, settings, history, snaps, f_older, terms_old
         warnings.warn(
             f"{settings.name} reached max_iter={settings.max_iter} before the relative "
             f"change of the factors stayed below tol={settings.tol} for {STOP_WINDOW} "
-            "iterations (or moved less than that on average over them); increase max_iter.",
+            "iterations (or moved less than tol over them); increase max_iter.",
             ConvergenceWarning,
             stacklevel=4,
         )

@@ -58,7 +58,7 @@ class NMFEstimator(
     tol : float, default=3e-7
         Stop when the relative change of the factors (spectra and maps,
         Frobenius norms) stays below ``tol`` for 50 consecutive iterations, or
-        their net change over 50 iterations is below ``50 * tol``
+        their net change over 50 iterations is below ``tol``
         (:mod:`espm_lite._loop`; measured in ``benchmarks/bench_stopping.py``:
         the default reaches the converged answer, see ``docs/maths.md``).
     max_iter : int, default=10000
