@@ -374,6 +374,7 @@ def _iterate(
 
 def _finish(solver, problem, state, settings, history, snaps, f_older, terms_older, stopped):
     """The objective of the last iterate (reverting it if it increased) and the warning."""
+    history.checkpoint = None  # factors of the net-change test: not kept after the fit
     if stopped:
         history.final_terms = terms_older
         history.converged = True

@@ -151,7 +151,8 @@ class _Problem:
 @pytest.mark.parametrize("cycle", [(1.1, 1 / 1.1), (1.00001, 1 / 1.00001)])
 def test_iterates_that_cycle_on_the_spot_stop_on_their_net_change(cycle):
     """Each step moves the factors above ``tol``, but they come back: the net-change
-    test stops the loop at the second check, with no ConvergenceWarning."""
+    test stops the loop at its first check (the factors of the first iteration against
+    those 50 iterations later), with no ConvergenceWarning."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
         history = run(_Moving(cycle), _Problem(), _State(), tol=1e-6, max_iter=5000, verbose=0)
