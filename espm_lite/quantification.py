@@ -289,7 +289,7 @@ def concentration_table(
     _check_estimator(estimator, values, W, H)
     options = {"n_bootstrap": n_bootstrap, "random_state": random_state, "progress": progress}
     bias, spread = bootstrap_uncertainty(estimator, W, H, values, rows, masses, **options)
-    U = half_width(bias, spread, sd)
+    U = half_width(bias, spread, sd, fractions)
     return ConcentrationTable(
         elements, names, fractions, U, counts, kind, "bootstrap", sd, bias, n_bootstrap
     )

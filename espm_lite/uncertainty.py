@@ -49,6 +49,7 @@ standard deviation, about 68 %):
 
 .. math:: U = |b| + \max\Big(\sqrt{s_{fit}^2 + s_b^2 + (\kappa b)^2},\ \sigma_{counting}\Big),
 
+at most ``max(c^, 1 - c^)`` (the largest error a fraction in ``[0, 1]`` can have):
 the bias left in the reported value plus the spread of the fit and of its
 bias estimate (counting statistics are a floor: a bootstrap standard deviation
 below them is sampling noise of ``B`` replicates).  ``b`` is added linearly,
@@ -263,7 +264,9 @@ def bootstrap_uncertainty(
     return bias, spread
 
 
-def half_width(bias: np.ndarray, spread: np.ndarray, counting_sd: np.ndarray) -> np.ndarray:
+def half_width(
+    bias: np.ndarray, spread: np.ndarray, counting_sd: np.ndarray, values: np.ndarray
+) -> np.ndarray:
     """The reported uncertainty ``U`` of the module docstring.
 
     Parameters
@@ -272,11 +275,17 @@ def half_width(bias: np.ndarray, spread: np.ndarray, counting_sd: np.ndarray) ->
         From :func:`bootstrap_uncertainty`.
     counting_sd : ndarray (k, n_elements)
         Counting-statistics standard deviation (the floor of the spread).
+    values : ndarray (k, n_elements)
+        The fitted fractions ``c^``.
 
     Returns
     -------
     ndarray (k, n_elements)
-        ``|b| + max(sqrt(spread^2 + (kappa b)^2), counting_sd)``.
+        ``|b| + max(sqrt(spread^2 + (kappa b)^2), counting_sd)``, at most
+        ``max(c^, 1 - c^)``: a fraction lies in ``[0, 1]``, so its error cannot
+        be larger (at a few counts per pixel refits that split the phases
+        otherwise can give more, which says no more than "undetermined").
     """
     spread = np.hypot(spread, BIAS_RELATIVE_UNCERTAINTY * bias)
-    return np.abs(bias) + np.maximum(spread, counting_sd)
+    U = np.abs(bias) + np.maximum(spread, counting_sd)
+    return np.minimum(U, np.maximum(values, 1.0 - values))

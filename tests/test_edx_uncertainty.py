@@ -9,7 +9,12 @@ from sklearn.exceptions import ConvergenceWarning
 from espm_lite import SmoothNMF, uncertainty
 from espm_lite.datasets import make_edx_spectrum_image
 from espm_lite.quantification import concentration_table
-from espm_lite.uncertainty import bootstrap_uncertainty, phase_fractions, purity_corrected_W
+from espm_lite.uncertainty import (
+    bootstrap_uncertainty,
+    half_width,
+    phase_fractions,
+    purity_corrected_W,
+)
 
 SHAPE = (12, 12)
 
@@ -145,6 +150,17 @@ def test_purity_correction_undoes_a_rotation(phantom):
     corrected = phase_fractions(purity_corrected_W(W1, H1, G), rows, masses)
     np.testing.assert_allclose(corrected, phantom.fractions, atol=1e-12)
     assert np.abs(phase_fractions(W1, rows, masses) - phantom.fractions).max() > 1e-3
+
+
+def test_half_width_is_at_most_the_largest_error_a_fraction_can_have(boot):
+    values = np.array([[1.0, 0.0, 0.3], [0.6, 0.05, 0.95]])
+    bias = np.array([[-0.2, 0.0, 0.1], [0.9, 0.01, -0.5]])
+    spread = np.array([[0.9, 0.02, 0.05], [0.3, 0.01, 0.2]])
+    U = half_width(bias, spread, np.zeros_like(values), values)
+    uncapped = np.abs(bias) + np.hypot(spread, uncertainty.BIAS_RELATIVE_UNCERTAINTY * bias)
+    np.testing.assert_allclose(U, np.minimum(uncapped, np.maximum(values, 1 - values)))
+    assert U[0, 0] == 1.0 and U[1, 0] == 0.6 and U[0, 1] < 0.1  # capped where it exceeds
+    assert np.all(boot.uncertainties <= np.maximum(boot.values, 1 - boot.values))
 
 
 def test_pure_pixels_are_judged_by_their_neighbourhood_on_a_grid():
