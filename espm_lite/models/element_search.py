@@ -126,7 +126,8 @@ def _residual_peaks(fit, counts, model, significance: float) -> list[tuple[float
     lo, hi = np.maximum(idx - half, 0), np.minimum(idx + half + 1, x.size)
     excess, expected = _window_sums(residual, lo, hi), _window_sums(modelled, lo, hi)
     z = np.where(fitted, excess / np.sqrt(np.maximum(expected, 1.0)), 0.0)
-    above_flank = _above_lower_flank(residual, modelled, fitted.astype(np.float64), lo, hi, half)
+    windows = (lo, hi, excess, expected)
+    above_flank = _above_lower_flank(residual, modelled, fitted.astype(np.float64), windows, half)
     peaks = []
     for i in np.flatnonzero((z >= significance) & (above_flank >= significance)):
         if z[i] >= z[lo[i] : hi[i]].max():
@@ -135,9 +136,11 @@ def _residual_peaks(fit, counts, model, significance: float) -> list[tuple[float
     return sorted(peaks, key=lambda p: -p[1])
 
 
-def _above_lower_flank(residual, modelled, fitted, lo, hi, half) -> np.ndarray:
-    """Excess of each window ``[lo, hi)`` over the mean residual of its lower flank,
-    in standard deviations (flanks: ``half`` fitted channels or fewer on each side)."""
+def _above_lower_flank(residual, modelled, fitted, windows, half) -> np.ndarray:
+    """Excess of each window over the mean residual of its lower flank, in standard
+    deviations. ``windows``: the windows ``[lo, hi)`` and their sums of ``residual``
+    and ``modelled``; flanks: ``half`` fitted channels or fewer on each side."""
+    lo, hi, excess, expected = windows
     n = residual.size
     flanks = [(np.maximum(lo - half, 0), lo), (hi, np.minimum(hi + half, n))]
     channels = np.stack([_window_sums(fitted, a, b) for a, b in flanks])
@@ -148,9 +151,8 @@ def _above_lower_flank(residual, modelled, fitted, lo, hi, half) -> np.ndarray:
     level = np.where(np.isfinite(levels[pick]), levels[pick], 0.0)  # no fitted flank: 0
     in_window = _window_sums(fitted, lo, hi)
     weight = in_window / np.maximum(channels[pick], 1)
-    excess = _window_sums(residual, lo, hi) - in_window * level
-    spread = _window_sums(modelled, lo, hi) + weight**2 * variances[pick]
-    return excess / np.sqrt(np.maximum(spread, 1.0))
+    spread = expected + weight**2 * variances[pick]
+    return (excess - in_window * level) / np.sqrt(np.maximum(spread, 1.0))
 
 
 def _on_peak(energy: float, model, peaks) -> bool:
