@@ -6,7 +6,9 @@ how well a fit that did not see some entries of the data predicts them:
 1. The entries of the spectrum image are split at random into groups of a
    fraction ``fraction`` of the entries each (a speckled pattern: single
    entries, not whole pixels or channels, so that every pixel and every
-   channel keeps most of its data). ``n_folds`` of the groups are the folds.
+   channel keeps most of its data; the pixels follow one of 64 random
+   channel patterns, :func:`speckle_folds`, which makes the masked fits
+   fast). ``n_folds`` of the groups are the folds.
 2. For each fold and each ``k``, the estimator is fitted with the fold's
    entries masked (``fit(X, mask=...)``: they are left out of the data term,
    exactly, see :mod:`espm_lite.kernels.missing`).
@@ -56,6 +58,7 @@ from tqdm.auto import tqdm
 
 from ._problem import internal_layout
 from .kernels import canonical_csr, choose_path
+from .kernels.compiled import poisson_deviance_at, use_compiled
 from .kernels.sparse_data import model_at
 
 logger = logging.getLogger(__name__)
@@ -176,22 +179,45 @@ def _check_arguments(candidates, n_folds, fraction):
     return np.sort(values.astype(int)), groups
 
 
-def speckle_folds(shape: tuple[int, int], n_folds: int, groups: int, rng) -> list[sp.csr_matrix]:
+#: Rows of :func:`speckle_folds` follow one of this many random column patterns.
+FOLD_PATTERNS = 64
+
+
+def speckle_folds(
+    shape: tuple[int, int], n_folds: int, groups: int, rng, patterns: int = FOLD_PATTERNS
+) -> list[sp.csr_matrix]:
     """Disjoint random sets of entries of a ``shape`` matrix, as CSR indicators.
 
-    Every entry is assigned to one of ``groups`` groups uniformly at random;
-    the first ``n_folds`` groups are returned (each about ``1 / groups`` of
-    the entries).
+    Each of ``patterns`` random patterns assigns every column to one of
+    ``groups`` groups, and each row (pixel) follows one of the patterns, drawn
+    at random: the entry ``(i, j)`` is in the group that the pattern of row
+    ``i`` gives column ``j``. For each column the patterns' groups are balanced
+    (every group given to ``patterns // groups`` or one more patterns, in a
+    random order), so every channel loses about ``1 / groups`` of its pixels in
+    every fold. The first ``n_folds`` groups are returned, each about
+    ``1 / groups`` of the entries and of every row. Every entry is in a
+    group with probability ``1 / groups``, as in a speckle of single entries
+    (its row's other entries are independent of it but for the balance); rows
+    that share a pattern share their held-out
+    columns, so the masked fits correct the data term once per pattern
+    (:class:`espm_lite.kernels.missing.MissingEntries`) instead of once per
+    held-out entry: on an 80x80x1980 map at 100 counts/pixel the held-out
+    entries were 2.4 times as many as the stored counts, and their correction
+    took as long as the rest of each iteration.
     """
     p, n = shape
-    assignment = rng.integers(groups, size=p * n, dtype=np.uint16 if groups > 255 else np.uint8)
+    dtype = np.uint16 if groups > 255 else np.uint8
+    row_pattern = rng.integers(patterns, size=p)
+    offsets = rng.integers(groups, size=n)
+    balanced = (np.arange(patterns)[:, None] + offsets[None, :]) % groups
+    assignment = rng.permuted(balanced.astype(dtype), axis=0)
     folds = []
     for f in range(n_folds):
-        flat = np.flatnonzero(assignment == f)
-        rows, cols = np.divmod(flat, n)
-        indptr = np.searchsorted(rows, np.arange(p + 1))
-        data = np.ones(flat.size, dtype=bool)
-        folds.append(sp.csr_matrix((data, cols.astype(np.int32), indptr), shape=shape))
+        table = sp.csr_matrix(assignment == f)
+        fold = table[row_pattern]
+        fold.indices = fold.indices.astype(np.int32, copy=False)
+        fold.sort_indices()
+        folds.append(fold)
     return folds
 
 
@@ -213,6 +239,9 @@ def heldout_deviance(X, fold: sp.csr_matrix, estimator, x: np.ndarray | None = N
     x = _values_at(X, coo.row, coo.col) if x is None else x
     maps = np.asarray(estimator.H_, dtype=np.float64)
     spectra = np.asarray(estimator.components_, dtype=np.float64)
+    if use_compiled():  # one loop over the held-out entries, row by row
+        entries = sp.csr_matrix((x, (coo.row, coo.col)), shape=fold.shape)
+        return float(2 * poisson_deviance_at(entries, maps.T, spectra.T) / max(x.size, 1))
     # The model at the entries by 1-D gathers per component (3-10x faster than an
     # einsum over (k, entries) gathers on 80x80x1980 maps).
     y = model_at(maps.T, coo.row, [np.take(spectrum, coo.col) for spectrum in spectra])

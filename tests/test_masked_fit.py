@@ -59,6 +59,58 @@ def test_masked_updates_are_the_weighted_kl_updates(masked_problem, sparse, hspy
     np.testing.assert_allclose(est.H_[:, 7], H0[:, 7], rtol=1e-12)
 
 
+@pytest.mark.parametrize("engine", ["numba", "numpy"])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_rows_that_share_their_missing_channels_are_corrected_per_pattern(
+    small_problem, sparse, engine
+):
+    """Pixels in few missing-channel patterns (held-out folds, dead channels) take the
+    per-pattern corrections; the updates are still the weighted KL updates."""
+    from espm_lite import config_context
+    from espm_lite.kernels.missing import MissingEntries
+
+    X = small_problem
+    rng = np.random.default_rng(2)
+    patterns = rng.random((3, X.shape[0])) < 0.3  # 3 channel patterns over 48 pixels
+    missing = patterns[rng.integers(3, size=X.shape[1])].T
+    missing[:, 5] = True  # a dead pixel: a fourth pattern
+    entries = MissingEntries(sp.csr_matrix(missing.T), np.float64)
+    assert entries.patterns is not None and entries.patterns.shape[0] == 4
+    np.testing.assert_array_equal(entries.patterns[entries.row_pattern].toarray(), missing.T)
+    W0, H0 = rng.random((X.shape[0], 3)) + 0.1, rng.random((3, X.shape[1])) + 0.1
+    est = SmoothNMF(
+        3,
+        simplex_W=False,
+        max_iter=6,
+        no_stop_criterion=True,
+        accelerate=False,
+        verbose=0,
+        sparse=sparse,
+    )
+    with config_context(engine=engine):
+        est.fit_transform(np.where(missing, 1e6, X), W=W0, H=H0, mask=missing)
+    W_ref, H_ref = _reference_mu(X, missing, W0, H0, 6)
+    np.testing.assert_allclose(est.W_, W_ref, rtol=1e-10)
+    np.testing.assert_allclose(est.H_, H_ref, rtol=1e-10)
+    np.testing.assert_allclose(est.H_[:, 5], H0[:, 5], rtol=1e-12)  # no data: kept
+
+
+def test_speckled_rows_are_not_grouped_and_compiled_products_match_scipy():
+    from espm_lite.kernels.compiled import indicator_times, indicator_transpose_times
+    from espm_lite.kernels.missing import MissingEntries
+
+    rng = np.random.default_rng(3)
+    indicator = sp.random(200, 90, density=0.1, format="csr", random_state=4)
+    indicator.data[:] = 1.0
+    assert MissingEntries(indicator, np.float64).patterns is None  # every row its own
+    for k in (2, 9):  # unrolled and generic kernels
+        D, A = rng.random((90, k)), rng.random((200, k))
+        np.testing.assert_array_equal(indicator_times(indicator, D), indicator @ D)
+        np.testing.assert_allclose(
+            indicator_transpose_times(indicator, A), indicator.T @ A, rtol=1e-13
+        )
+
+
 def test_empty_mask_is_no_mask(small_problem):
     kw = dict(max_iter=20, no_stop_criterion=True, verbose=0, random_state=0)
     a = SmoothNMF(3, **kw).fit(small_problem)

@@ -124,6 +124,9 @@ class _PassContext:
         Largest eigenvalue of ``D^T D`` (Frobenius curvature).
     missing : MissingEntries or None
         Entries left out of the data term.
+    missing_sums : array (u, k) or None
+        :func:`espm_lite.kernels.missing.pattern_sums` of ``D`` (rows that share
+        their missing columns), made once per pass.
     compiled : bool
         Whether the sparse KL blocks run the compiled kernels
         (:mod:`espm_lite.kernels.compiled`).
@@ -146,6 +149,7 @@ class _PassContext:
     outer_rows: np.ndarray | None
     l2_curvature: float | None
     missing: _missing.MissingEntries | None = None
+    missing_sums: np.ndarray | None = None
     compiled: bool = False
     fused: _fused.MultiplicativeMapRule | None = None
 
@@ -236,6 +240,7 @@ def data_pass(
             w_neg += other
         if missing is not None:
             w_removed = sum(removed for _, _, removed in results)
+            w_removed = _missing.removed_total(missing, w_removed, loss)
     return PassResult(data_loss=total if need_loss else None, w_negative=w_neg, w_removed=w_removed)
 
 
@@ -280,6 +285,7 @@ def _setup(
         outer_rows=outer_rows,
         l2_curvature=l2_curvature,
         missing=missing,
+        missing_sums=None if missing is None else _missing.pattern_sums(missing, D, loss),
         compiled=compiled,
         fused=fused,
     )
@@ -380,7 +386,7 @@ def _dense_blocks(ctx: _PassContext, my_blocks: list[slice]) -> tuple:
             part += loss_part
         if ctx.missing is not None:
             negative, positive, lost = _missing.map_terms(
-                ctx.missing, rows, Ab, D, ctx.loss, negative, positive
+                ctx.missing, rows, Ab, D, ctx.loss, negative, positive, ctx.missing_sums
             )
             part += lost
         if ctx.map_rule is not None:
@@ -439,7 +445,7 @@ def _sparse_blocks(ctx: _PassContext, my_blocks: list[SparseRowBlock]) -> tuple:
             part += loss_part
         if ctx.missing is not None:
             negative, positive, lost = _missing.map_terms(
-                ctx.missing, rows, Ab, D, ctx.loss, negative, positive
+                ctx.missing, rows, Ab, D, ctx.loss, negative, positive, ctx.missing_sums
             )
             part += lost
         if ctx.map_rule is not None:
@@ -460,7 +466,7 @@ def _sparse_blocks(ctx: _PassContext, my_blocks: list[SparseRowBlock]) -> tuple:
 def _run_fused(ctx: _PassContext, block, rows: slice, w_neg, w_removed) -> tuple:
     """One block by :func:`~espm_lite.kernels.fused.run_block`: (loss part, ``w_removed``)."""
     args = (block, rows, ctx.A, ctx.D, ctx.col_d, ctx.fused, w_neg, ctx.need_loss)
-    lost = _fused.run_block(*args, missing=ctx.missing)
+    lost = _fused.run_block(*args, missing=ctx.missing, missing_sums=ctx.missing_sums)
     return lost, _removed(ctx, rows, ctx.A[rows], w_removed)  # at the updated maps
 
 

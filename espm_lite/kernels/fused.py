@@ -258,6 +258,7 @@ def run_block(
     w_negative,
     need_loss: bool,
     missing: MissingEntries | None = None,
+    missing_sums: np.ndarray | None = None,
 ) -> float:
     r"""One block of rows by the fused kernel; returns its part of the data term.
 
@@ -269,12 +270,13 @@ def run_block(
     data term are those of the observed entries
     (:func:`espm_lite.kernels.missing.map_terms`); what the missing entries
     remove from the spectra's gradient is left to the caller, at the updated maps.
+    ``missing_sums``: :func:`espm_lite.kernels.missing.pattern_sums` of ``D``, if any.
     """
     A_b = np.ascontiguousarray(A[rows])
     positive, part = col_d, 0.0
     if missing is not None:
         unmasked = np.broadcast_to(col_d, A_b.shape)
-        _, positive, part = map_terms(missing, rows, A_b, D, "kl", unmasked, unmasked)
+        _, positive, part = map_terms(missing, rows, A_b, D, "kl", unmasked, unmasked, missing_sums)
     if isinstance(block, SparseRowBlock):
         log_sum = kl_fused_map_update(block, A_b, D, positive, rule, w_negative, need_loss)
     else:
