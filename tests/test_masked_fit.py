@@ -208,3 +208,34 @@ def test_mask_leaves_the_callers_arrays_alone(small_problem):
     SmoothNMF(3, verbose=0, max_iter=5).fit(X, mask=missing)
     np.testing.assert_array_equal(X, before)
     np.testing.assert_array_equal(missing, mask_before)
+
+
+def test_zero_missing_of_sparse_data_drops_exactly_the_masked_entries():
+    from espm_lite.kernels.missing import as_missing_indicator, zero_missing
+
+    rng = np.random.default_rng(5)
+    counts = rng.poisson(0.5, (40, 30)).astype(float)
+    missing = rng.random(counts.shape) < 0.2
+    missing[0, 0] = False
+    stored = np.where(missing & (counts > 0), np.nan, counts)  # masked entries: anything
+    coo = sp.coo_matrix(np.where(np.isnan(stored), 1.0, stored))
+    coo.data[np.isnan(stored[coo.row, coo.col])] = np.nan
+    # A CSR matrix with the columns of each row in reverse order and a duplicate of
+    # (0, 0) (summed, as SciPy does): not canonical.
+    csr = coo.tocsr()
+    indices = np.concatenate(
+        [[0]] + [csr.indices[a:b][::-1] for a, b in zip(csr.indptr, csr.indptr[1:])]
+    )
+    data = np.concatenate(
+        [[1.0]] + [csr.data[a:b][::-1] for a, b in zip(csr.indptr, csr.indptr[1:])]
+    )
+    indptr = np.r_[0, csr.indptr[1:] + 1]
+    X = sp.csr_matrix((data, indices, indptr), shape=counts.shape)
+    assert not X.has_canonical_format
+    expected = np.where(missing, 0.0, counts)
+    expected[0, 0] += 1.0
+    before = X.copy()
+    out = zero_missing(X, as_missing_indicator(missing, counts.shape))
+    assert out.has_canonical_format and not np.isnan(out.data).any()
+    np.testing.assert_array_equal(out.toarray(), expected)
+    np.testing.assert_array_equal(X.data, before.data)  # the input is untouched
