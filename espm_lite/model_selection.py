@@ -196,14 +196,13 @@ def speckle_folds(
     random order), so every channel loses about ``1 / groups`` of its pixels in
     every fold. The first ``n_folds`` groups are returned, each about
     ``1 / groups`` of the entries and of every row. Every entry is in a
-    group with probability ``1 / groups``, as in a speckle of single entries
-    (its row's other entries are independent of it but for the balance); rows
-    that share a pattern share their held-out
-    columns, so the masked fits correct the data term once per pattern
-    (:class:`espm_lite.kernels.missing.MissingEntries`) instead of once per
-    held-out entry: on an 80x80x1980 map at 100 counts/pixel the held-out
-    entries were 2.4 times as many as the stored counts, and their correction
-    took as long as the rest of each iteration.
+    group with probability ``1 / groups``, independently of the other entries
+    of its row, as in a speckle of single entries; rows that share a pattern
+    share their held-out columns, so the masked fits correct the data term
+    once per pattern (:class:`espm_lite.kernels.missing.MissingEntries`)
+    instead of once per held-out entry: on an 80x80x1980 map at 100
+    counts/pixel the held-out entries were 2.4 times as many as the stored
+    counts, and their correction took as long as the rest of each iteration.
     """
     p, n = shape
     dtype = np.uint16 if groups > 255 else np.uint8
@@ -239,8 +238,9 @@ def heldout_deviance(X, fold: sp.csr_matrix, estimator, x: np.ndarray | None = N
     x = _values_at(X, coo.row, coo.col) if x is None else x
     maps = np.asarray(estimator.H_, dtype=np.float64)
     spectra = np.asarray(estimator.components_, dtype=np.float64)
-    if use_compiled():  # one loop over the held-out entries, row by row
-        entries = sp.csr_matrix((x, (coo.row, coo.col)), shape=fold.shape)
+    if use_compiled() and sp.issparse(fold) and fold.format == "csr":
+        # One loop over the held-out entries, in storage order (that of ``x``).
+        entries = sp.csr_matrix((x, fold.indices, fold.indptr), shape=fold.shape)
         return float(2 * poisson_deviance_at(entries, maps.T, spectra.T) / max(x.size, 1))
     # The model at the entries by 1-D gathers per component (3-10x faster than an
     # einsum over (k, entries) gathers on 80x80x1980 maps).
