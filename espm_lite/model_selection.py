@@ -234,12 +234,12 @@ def heldout_deviance(X, fold: sp.csr_matrix, estimator, x: np.ndarray | None = N
     ``hspy_comp=True`` (maps ``H_`` ``(k, p)``, spectra ``components_`` ``(k, n)``);
     ``x``, the data at the entries of ``fold`` in ``fold.tocoo()`` order, when known.
     """
-    coo = fold.tocoo()
-    x = _values_at(X, coo.row, coo.col) if x is None else x
     maps = np.asarray(estimator.H_, dtype=np.float64)
     spectra = np.asarray(estimator.components_, dtype=np.float64)
-    if use_compiled() and sp.issparse(fold) and fold.format == "csr":
-        # One loop over the held-out entries, in storage order (that of ``x``).
+    compiled = use_compiled() and sp.issparse(fold) and fold.format == "csr"
+    coo = fold.tocoo() if x is None or not compiled else None
+    x = _values_at(X, coo.row, coo.col) if x is None else x
+    if compiled:  # one loop over the held-out entries, in storage order (that of ``x``)
         entries = sp.csr_matrix((x, fold.indices, fold.indptr), shape=fold.shape)
         return float(2 * poisson_deviance_at(entries, maps.T, spectra.T) / max(x.size, 1))
     # The model at the entries by 1-D gathers per component (3-10x faster than an

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from espm_lite import PNMF, SNMF, ConvexNMF, SmoothNMF
+from espm_lite import PNMF, SNMF, ConvexNMF, SmoothNMF, config_context
+from espm_lite.kernels.compiled import indicator_times, indicator_transpose_times
+from espm_lite.kernels.missing import MissingEntries, as_missing_indicator, zero_missing
 from espm_lite.measures import matched_angles
 
 pytestmark = pytest.mark.usefixtures("quiet_convergence")
@@ -66,8 +68,6 @@ def test_rows_that_share_their_missing_channels_are_corrected_per_pattern(
 ):
     """Pixels in few missing-channel patterns (held-out folds, dead channels) take the
     per-pattern corrections; the updates are still the weighted KL updates."""
-    from espm_lite import config_context
-    from espm_lite.kernels.missing import MissingEntries
 
     X = small_problem
     rng = np.random.default_rng(2)
@@ -96,8 +96,6 @@ def test_rows_that_share_their_missing_channels_are_corrected_per_pattern(
 
 
 def test_speckled_rows_are_not_grouped_and_compiled_products_match_scipy():
-    from espm_lite.kernels.compiled import indicator_times, indicator_transpose_times
-    from espm_lite.kernels.missing import MissingEntries
 
     rng = np.random.default_rng(3)
     indicator = sp.random(200, 90, density=0.1, format="csr", random_state=4)
@@ -211,7 +209,6 @@ def test_mask_leaves_the_callers_arrays_alone(small_problem):
 
 
 def test_zero_missing_of_sparse_data_drops_exactly_the_masked_entries():
-    from espm_lite.kernels.missing import as_missing_indicator, zero_missing
 
     rng = np.random.default_rng(5)
     counts = rng.poisson(0.5, (40, 30)).astype(float)
