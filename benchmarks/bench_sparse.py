@@ -1,7 +1,7 @@
 """Sparse and dense paths of SmoothNMF against scikit-learn's KL multiplicative updates.
 
 Run ``python benchmarks/bench_sparse.py [--iters 30] [--quick] [--skip-dense-sklearn]
-[--only speed|scaling|bandwidth|setup]``.
+[--only speed|scaling|bandwidth|setup|parts]``.
 
 Tables printed, every row measured in the same run on the same data:
 
@@ -31,6 +31,13 @@ Tables printed, every row measured in the same run on the same data:
    the call to the first iteration (validation, scaling, compression, data
    constants), a fit of 5 iterations (with the start and the final row solve), and
    its ``tracemalloc`` peak.
+5. Parts (``--only parts``): the two steps of an iteration that run outside the
+   pass over the data and grow with the number of pixels, the Laplacian
+   product ``L A`` of the map smoothing, with the NumPy engine (SciPy's CSR
+   product) and the compiled one (a five-point stencil), and the ratio
+   extrapolation of the maps (:mod:`espm_lite._extrapolation`, NumPy with
+   either engine: its cost is the power), on maps of 100x400, 256x256 and
+   512x512 pixels.
 
 Definitions
 -----------
@@ -384,6 +391,55 @@ def setup_table(args) -> None:
         )
 
 
+def _part_calls(shape_2d, k: int, rng) -> dict:
+    """The Laplacian product and the ratio extrapolation of ``(pixels, k)`` maps."""
+    from espm_lite._extrapolation import extrapolate
+    from espm_lite.kernels import GridLaplacian
+
+    p = shape_2d[0] * shape_2d[1]
+    before = rng.random((p, k)) + 0.01
+    after = before * (1 + 0.01 * rng.standard_normal((p, k)))  # one step's change
+    laplacian = GridLaplacian(shape_2d)
+    buffer = after.copy()
+
+    def extrapolated():
+        buffer[...] = after
+        # a weight as the fits have (0.5 would take NumPy's square root, much faster)
+        extrapolate(buffer, before, 0.37, "ratio")
+
+    return {
+        "Laplacian product L A": lambda: laplacian @ after,
+        "ratio extrapolation of A (+ a copy)": extrapolated,
+    }
+
+
+def parts_table(args) -> None:
+    """The per-iteration parts outside the data pass, with both engines (best of repeats)."""
+    import timeit
+
+    print("\nTable 5: parts of an iteration outside the data pass (float64, best of 5 x 20 calls)")
+    print(f"{'maps':>14s} {'part':>36s} {'NumPy ms':>9s} {'compiled ms':>12s} {'ratio':>6s}")
+    rng = np.random.default_rng(0)
+    for shape_2d, k in [((100, 400), 2), ((256, 256), 4), ((512, 512), 4)]:
+        for part, call in _part_calls(shape_2d, k, rng).items():
+            engines = ("numpy", "numba") if part.startswith("Laplacian") else ("numpy",)
+            seconds = {}
+            for engine in engines:
+                with config_context(engine=engine):
+                    call()
+                    seconds[engine] = min(timeit.repeat(call, number=20, repeat=5)) / 20
+            compiled = (  # the extrapolation is NumPy code with either engine
+                f"{seconds['numba'] * 1e3:12.3f} {seconds['numpy'] / seconds['numba']:6.1f}"
+                if "numba" in seconds
+                else f"{'same':>12s} {'':>6s}"
+            )
+            print(
+                f"{shape_2d[0]:>5d}x{shape_2d[1]:<4d} k={k} {part:>36s} "
+                f"{seconds['numpy'] * 1e3:9.3f} {compiled}",
+                flush=True,
+            )
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iters", type=int, default=30, help="iterations timed")
@@ -394,7 +450,9 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--skip-dense-sklearn", action="store_true", help="skip sklearn on the dense array"
     )
-    parser.add_argument("--only", choices=("speed", "scaling", "bandwidth", "setup"), default=None)
+    parser.add_argument(
+        "--only", choices=("speed", "scaling", "bandwidth", "setup", "parts"), default=None
+    )
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore", ConvergenceWarning)
     if args.only in (None, "speed"):
@@ -405,6 +463,8 @@ def main(argv=None) -> None:
         bandwidth_table(args)
     if args.only in (None, "setup"):
         setup_table(args)
+    if args.only in (None, "parts"):
+        parts_table(args)
 
 
 if __name__ == "__main__":

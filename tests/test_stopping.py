@@ -11,7 +11,7 @@ import pytest
 from sklearn.exceptions import ConvergenceWarning
 
 from espm_lite import PNMF, SNMF, ConvexNMF, SmoothNMF
-from espm_lite._extrapolation import extrapolate
+from espm_lite._extrapolation import RATIO_LIMIT, extrapolate
 from espm_lite._loop import STOP_WINDOW, factor_change, run
 from espm_lite.datasets import make_spectrum_image
 from espm_lite.measures import matched_angles
@@ -74,6 +74,35 @@ def test_extrapolation_keeps_entries_that_did_not_move():
     z = signed.copy()
     extrapolate(z, old - 1.0, 0.5, "difference")
     np.testing.assert_allclose(z, signed + 0.5 * (signed - (old - 1.0)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("beta", [0.0, 0.37, 1.0])
+def test_the_ratio_extrapolation_is_its_formula(dtype, beta):
+    rng = np.random.default_rng(3)
+    shape = (1000, 3)
+    old = (rng.random(shape) + 0.01).astype(dtype)
+    z = (old * (1 + 0.1 * rng.standard_normal(shape))).astype(dtype)
+    old[::7] = 0.0  # not > 0: ratio 1
+    old[1::13] = np.nan  # not > 0: ratio 1
+    z[2::11] *= 50  # clipped above
+    z[3::17] /= 50  # clipped below
+    z[4::19] = old[4::19]  # did not move
+    before = z.copy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(old > 0, z / old, 1.0)
+    limit = RATIO_LIMIT
+    expected = z * np.power(np.clip(ratio, 1 / limit, limit), beta, dtype=dtype)
+    extrapolate(z, old, beta, "ratio")
+    assert z.dtype == dtype
+    np.testing.assert_array_equal(z, expected)  # the same operations, in one buffer
+    np.testing.assert_array_equal(z[::7], before[::7])  # ratio 1 keeps the entry
+    rows = np.arange(shape[0])
+    above = (rows % 11 == 2) & (rows % 7 != 0) & (rows % 13 != 1) & (rows % 17 != 3)
+    above &= rows % 19 != 4
+    np.testing.assert_allclose(  # clipped at RATIO_LIMIT = 10
+        z[above], before[above] * dtype(10.0) ** dtype(beta), rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize("cls", [ConvexNMF, SNMF])

@@ -8,7 +8,8 @@ Every update term of ``docs/maths.md`` is written once here and used by all esti
 * the forms of the data it takes, dense, sparse (:class:`SparseData`) or
   sparse densified block by block (:class:`DensifiedRows`), and the choice
   between them (:func:`choose_path`; module :mod:`espm_lite.kernels.sparse_data`),
-* the graph Laplacian of a pixel grid (:func:`grid_laplacian`; module
+* the graph Laplacian of a pixel grid (:func:`grid_laplacian`, and :class:`GridLaplacian`
+  for its products, compiled as a stencil; module
   :mod:`espm_lite.kernels.laplacian`),
 * the exact simplex projection by bisection on a Lagrange multiplier
   (:func:`bisect_multiplier`) and the multiplicative / quadratic-root /
@@ -34,7 +35,7 @@ set ``espm_lite.kernels.SPARSE_DENSITY_THRESHOLD`` to change them.
 from ._array_ops import ArrayOps, column_max, column_means, column_sums
 from .data_pass import DEVICE_BLOCK_BYTES, MapRule, PassResult, data_pass
 from .fused import MultiplicativeMapRule
-from .laplacian import LAPLACIAN_NORM_BOUND, grid_laplacian
+from .laplacian import LAPLACIAN_NORM_BOUND, GridLaplacian, grid_laplacian
 from .simplex import bisect_multiplier, mu_update, projected_step, quadratic_root_update
 from .sparse_data import (
     BLOCK_BYTES,
@@ -87,6 +88,7 @@ __all__ = [
     "dense_block",
     "density",
     "density_threshold",
+    "GridLaplacian",
     "grid_laplacian",
     "mu_update",
     "num_threads",

@@ -62,6 +62,12 @@ def _numba():
     return numba
 
 
+def jit(function):
+    """``function`` compiled by numba: ``nogil`` (it runs on the data-pass threads) and
+    cached on disk. Only called when :func:`use_compiled` is true."""
+    return _numba().njit(nogil=True, cache=True)(function)
+
+
 def use_compiled() -> bool:
     """Whether the passes of a fit starting now use the compiled kernels."""
     engine = get_config()["engine"]

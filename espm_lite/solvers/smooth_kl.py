@@ -126,7 +126,7 @@ class SmoothKL(Solver):
         self.rng = rng
         self.row_solve = row_solve
         grid = problem.shape_2d or (1, problem.n_pixels)  # no shape: a line scan
-        self.laplacian = kernels.grid_laplacian(grid, dtype) if lambda_L > 0 else None
+        self.laplacian = kernels.GridLaplacian(grid, dtype) if lambda_L > 0 else None
 
     # ------------------------------------------------------------ objective
     def start(self, problem: Problem) -> SmoothState:
