@@ -374,5 +374,5 @@ def test_the_laplacian_stencil_is_scipys_product(shape, k, dtype):
     assert stencil.dtype == dtype and stencil.shape == A.shape
     for result in (stencil, fortran, reference):  # the same sums in the same order
         np.testing.assert_array_equal(result, expected)
-    row_sums = stencil.astype(np.float64).sum(axis=0)  # L 1 = 0: the sums of L A vanish
-    np.testing.assert_allclose(row_sums, 0.0, atol=1e-4 * max(1.0, np.abs(A).sum()))
+    pixel_sums = stencil.astype(np.float64).sum(axis=0)  # 1^T L = 0: sums over pixels vanish
+    np.testing.assert_allclose(pixel_sums, 0.0, atol=1e-4 * max(1.0, np.abs(A).sum()))

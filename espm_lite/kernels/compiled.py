@@ -63,8 +63,8 @@ def _numba():
 
 
 def jit(function):
-    """``function`` compiled by numba: ``nogil`` (it runs on the data-pass threads) and
-    cached on disk. Only called when :func:`use_compiled` is true."""
+    """``function`` compiled by numba, ``nogil`` (so that the data-pass threads can run
+    it) and cached on disk. Only called when :func:`use_compiled` is true."""
     return _numba().njit(nogil=True, cache=True)(function)
 
 
