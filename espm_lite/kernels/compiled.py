@@ -161,7 +161,7 @@ def _kernels(k: int | None):
 
 @cache
 def _compiled(name: str, k: int | None):
-    return _numba().njit(nogil=True, cache=True)(_kernels(k)[name])
+    return jit(_kernels(k)[name])
 
 
 def _kernel(name: str, k: int):
@@ -244,13 +244,12 @@ def _poisson_deviance_at(indptr, cols, values, A, S, tiny):
 
 @cache
 def _indicator_kernels(k: int | None):
-    jit = _numba().njit(nogil=True, cache=True)
     return tuple(jit(kernel) for kernel in _indicator_kernel_pair(k))
 
 
 @cache
 def _deviance_kernel():
-    return _numba().njit(nogil=True, cache=True)(_poisson_deviance_at)
+    return jit(_poisson_deviance_at)
 
 
 def indicator_times(indicator: sp.csr_matrix, D: np.ndarray) -> np.ndarray:
@@ -351,7 +350,6 @@ def _fill_rows(values, indptr, indices, data):
 
 @cache
 def _compression_kernels():
-    jit = _numba().njit(nogil=True, cache=True)
     return jit(_row_counts), jit(_fill_rows)
 
 

@@ -38,7 +38,7 @@ from functools import cache
 
 import numpy as np
 
-from .compiled import UNROLLED_MAX_K, _numba
+from .compiled import UNROLLED_MAX_K, jit
 from .missing import MissingEntries, map_terms
 from .sparse_data import SparseRowBlock
 
@@ -177,7 +177,7 @@ def _fused_kernel(k: int | None, dense: bool):
 
 @cache
 def _compiled(k: int | None, dense: bool):
-    return _numba().njit(nogil=True, cache=True)(_fused_kernel(k, dense))
+    return jit(_fused_kernel(k, dense))
 
 
 def kl_fused_map_update(
