@@ -292,3 +292,47 @@ def test_a_callable_G_receives_the_dense_data(counts):
     est, _ = _fit(counts, "auto", G=G, max_iter=2)
     assert est.data_path_ == "sparse"
     assert received == [np.ndarray]
+
+
+def test_run_parts_uses_the_calling_thread_and_keeps_the_order():
+    import threading
+
+    from espm_lite.kernels.threads import run_parts
+
+    blocks = list(range(7))
+    results = run_parts(lambda mine: (threading.get_ident(), mine), blocks, 3)
+    assert [mine for _, mine in results] == [[0, 3, 6], [1, 4], [2, 5]]
+    assert results[0][0] == threading.get_ident()  # the first part, in the caller
+
+
+def test_a_sparse_fit_makes_its_blas_calls_on_one_thread(counts, monkeypatch):
+    """OpenBLAS threads woken by a threaded call keep spinning for ~0.1 s, taking the
+    cores from the passes that follow: a sparse fit keeps BLAS on one thread from its
+    validation to its end (its own threads run the passes)."""
+    from threadpoolctl import threadpool_info
+
+    import espm_lite.estimators.base as base
+    from espm_lite.solvers.smooth_kl import SmoothKL
+
+    def blas_threads():
+        return max(info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas")
+
+    seen = {}
+
+    def recorded(name, function):
+        def call(*args, **kwargs):
+            seen[name] = blas_threads()
+            return function(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(base, "prepare", recorded("prepare", base.prepare))
+    monkeypatch.setattr(SmoothKL, "start", recorded("start", SmoothKL.start))
+    monkeypatch.setattr(SmoothKL, "polish", recorded("polish", SmoothKL.polish))
+    monkeypatch.setattr(
+        base.NMFEstimator, "_set_fitted", recorded("end", base.NMFEstimator._set_fitted)
+    )
+    est = SmoothNMF(n_components=K, max_iter=3, random_state=0, verbose=0, sparse=True)
+    est.fit(sp.csr_matrix(counts))
+    assert est.data_path_ == "sparse"
+    assert seen == {"prepare": 1, "start": 1, "polish": 1, "end": 1}
