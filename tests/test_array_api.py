@@ -86,3 +86,27 @@ def test_data_pass_matches_numpy(loss):
     np.testing.assert_allclose(got.data_loss, want.data_loss, rtol=1e-10)
     np.testing.assert_allclose(to_numpy(got.w_negative), want.w_negative, rtol=1e-10)
     np.testing.assert_allclose(to_numpy(A_s), A_np, rtol=1e-10)
+
+
+@pytest.mark.parametrize("floor", [1e-12, 1e-3])
+def test_simplex_update_with_equal_denominators_is_the_normalised_numerator(floor):
+    """With the same denominator along a row (the W update without G) the simplex
+    update is ``x * negative`` divided by its row sum, unless that puts entries under
+    the floor: then the bisection finds the multiplier of the floored sum."""
+    rng = np.random.default_rng(3)
+    current = rng.random((3, 40)) + 0.1
+    negative = rng.random((3, 40))
+    negative[:, :4] = 1e-6  # entries that a floor of 1e-3 binds
+    positive = np.repeat(rng.random((3, 1)) + 0.5, 40, axis=1)
+    got = kernels.mu_update(current, negative, positive, floor=floor, simplex=True, tol=1e-9)
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, rtol=1e-12)
+    assert got.min() >= floor * (1 - 1e-8)  # the renormalisation moves floored entries by tol
+    numerator = current * negative
+    unfloored = numerator / numerator.sum(axis=1, keepdims=True)
+    if floor < unfloored.min():
+        np.testing.assert_allclose(got, unfloored, rtol=1e-12)
+    else:  # the free entries keep their ratios, rescaled to what the floored ones leave
+        free = got > floor
+        ratio = got[free] / unfloored[free]
+        np.testing.assert_allclose(ratio, ratio[0], rtol=1e-6)
+        assert ratio[0] < 1

@@ -116,7 +116,10 @@ def mu_update(
     with ops.errstate():
         tight_lower = xp.where(num_sum > 0, xp.maximum(lower, num_sum - pos_free_max), lower)
         tight_upper = xp.maximum(num_sum + lower / (1 - 1e-12), tight_lower)
-        fits = _free_row_sums(xp, values_at(tight_upper), free) <= 1.0 + tol
+        sums = _free_row_sums(xp, values_at(tight_upper), free)
+    fits = sums <= 1.0 + tol
+    if bool(xp.all(fits & (sums >= 1.0 - tol))):  # the exact root (G = I): no bisection
+        return _apply_multiplier(values_at, tight_upper, current, free)
     upper = xp.where(fits & (tight_upper < upper), tight_upper, upper)
     nu = bisect_multiplier(values_at, tight_lower, upper, free, tol)
     return _apply_multiplier(values_at, nu, current, free)
