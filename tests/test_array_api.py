@@ -106,7 +106,8 @@ def test_simplex_update_with_equal_denominators_is_the_normalised_numerator(floo
     if floor < unfloored.min():
         np.testing.assert_allclose(got, unfloored, rtol=1e-12)
     else:  # the free entries keep their ratios, rescaled to what the floored ones leave
-        free = got > floor
-        ratio = got[free] / unfloored[free]
-        np.testing.assert_allclose(ratio, ratio[0], rtol=1e-6)
-        assert ratio[0] < 1
+        for row in range(3):
+            free = unfloored[row] > 2 * floor
+            ratio = got[row, free] / unfloored[row, free]
+            np.testing.assert_allclose(ratio, ratio[0], rtol=1e-12)
+            assert ratio[0] < 1
