@@ -8,7 +8,6 @@ maths lives in :mod:`espm_lite.solvers`, the problem set-up in
 
 from __future__ import annotations
 
-import contextlib
 import numbers
 from abc import ABCMeta, abstractmethod
 
@@ -26,7 +25,6 @@ from .._loop import History, run
 from .._monitor import truth_monitor
 from .._problem import Problem, divide, evaluation_problem, prepare
 from ..kernels.rows import ROW_CHANGE_TOL, ROW_MAX_PASSES, coefficient_rows
-from ..kernels.threads import one_blas_thread
 from ..solvers import FitState, Solver
 from ..solvers._base import RowSolve
 
@@ -296,6 +294,7 @@ class NMFEstimator(
         self.fit_transform(X, y, **params)
         return self
 
+    @kernels.one_blas_thread_if("_uses_data_pass")  # from validation to the end
     def fit_transform(self, X, y=None, W=None, H=None, mask=None):
         """Fit the model and return the sample-side factor.
 
@@ -321,12 +320,10 @@ class NMFEstimator(
             ``G W`` ``(n, k)`` when ``hspy_comp=False``; ``H^T`` ``(p, k)`` when ``True``.
         """
         self._validate_params()
-        with one_blas_thread():  # validation and data constants: no large products
-            problem = prepare(self, X, W, H, mask)
+        problem = prepare(self, X, W, H, mask)
         self.data_path_ = problem.data_path
         solver = self._solver(problem)
-        with _blas_threads(solver, problem):
-            state = solver.start(problem)
+        state = solver.start(problem)
         history = run(
             solver,
             problem,
@@ -341,11 +338,10 @@ class NMFEstimator(
             debug=self.debug,
             name=type(self).__name__,
         )
-        with _blas_threads(solver, problem):
-            final = solver.polish(problem, state)
-            if final is not None:
-                history.replace_final(final, problem.n_entries, solver.names)
-            return self._set_fitted(problem, solver, state, history)
+        final = solver.polish(problem, state)
+        if final is not None:
+            history.replace_final(final, problem.n_entries, solver.names)
+        return self._set_fitted(problem, solver, state, history)
 
     def _set_fitted(self, problem: Problem, solver: Solver, state, history: History):
         """Fitted attributes from the final state; returns the output of ``fit_transform``."""
@@ -502,21 +498,3 @@ class NMFEstimator(
         """``X`` of :meth:`transform`: fitted estimator checked, validated, CSR if sparse."""
         check_is_fitted(self)
         return transform_input(self, X)
-
-
-def _blas_threads(solver: Solver, problem: Problem):
-    """The BLAS threads of the start and the end of a fit: one, unless the data are dense.
-
-    After a call on several threads OpenBLAS keeps its threads spinning for about
-    0.1 s, and on few cores they take the CPUs from the passes that follow (the first
-    20 iterations of a 100x400x3746 sparse fit ran at 5.2 instead of 3.0 ms on 2 cores,
-    and a fit just after another is slowed likewise). The iteration loop runs with one
-    BLAS thread (:func:`~espm_lite.kernels.threads.one_blas_thread`); so do the start
-    and the final solve of a fit whose passes run on espm_lite's threads, whose
-    products are small (the randomized SVD of a sparse matrix works on thin dense
-    blocks), except on the dense path, where BLAS threads shorten the products of the
-    data (a 128x128x2048 start: 0.44-0.55 s on 2 threads, 0.69-0.70 s on one).
-    """
-    if solver.threaded_passes and problem.data_path != "dense":
-        return one_blas_thread()
-    return contextlib.nullcontext()

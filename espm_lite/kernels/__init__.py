@@ -58,7 +58,7 @@ from .sparse_data import (
     row_blocks,
     xlogx_sum,
 )
-from .threads import num_threads
+from .threads import num_threads, one_blas_thread_if
 
 __all__ = [
     "BLOCK_BYTES",
@@ -92,6 +92,7 @@ __all__ = [
     "grid_laplacian",
     "mu_update",
     "num_threads",
+    "one_blas_thread_if",
     "prepare_data",
     "projected_step",
     "quadratic_root_update",
