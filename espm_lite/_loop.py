@@ -285,19 +285,19 @@ def run(
     bar = tqdm(total=max_iter, disable=not verbose, desc=name, leave=False)
     fit = (solver, problem, state, settings, history, snaps, measure, factors)
     blas = one_blas_thread() if solver.threaded_passes else contextlib.nullcontext()
-    with blas:  # to the end: a last threaded norm would leave OpenBLAS's threads spinning
-        try:
+    try:
+        with blas:
             f_older, terms_older, stopped = _iterate(*fit, bar, debug, extrapolation)
-        except KeyboardInterrupt:  # Ctrl-C: end on the last complete iterate
-            state.restore(snaps[-1][0])
-            history.interrupted = True
-            f_older = terms_older = None
-            stopped = False
-        finally:
-            bar.close()
-        if extrapolation is not None and not stopped:
-            extrapolation.undo(solver, problem, state)  # end on an update, not a guess
-        _finish(solver, problem, state, settings, history, snaps, f_older, terms_older, stopped)
+    except KeyboardInterrupt:  # Ctrl-C: end on the last complete iterate
+        state.restore(snaps[-1][0])
+        history.interrupted = True
+        f_older = terms_older = None
+        stopped = False
+    finally:
+        bar.close()
+    if extrapolation is not None and not stopped:
+        extrapolation.undo(solver, problem, state)  # end on an update, not a guess
+    _finish(solver, problem, state, settings, history, snaps, f_older, terms_older, stopped)
     return history
 
 
