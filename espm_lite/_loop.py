@@ -53,7 +53,6 @@ The choice of the rule and of the defaults is measured in
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import warnings
 from collections.abc import Callable
@@ -64,7 +63,6 @@ from sklearn.exceptions import ConvergenceWarning
 from tqdm.auto import tqdm
 
 from ._extrapolation import Extrapolation
-from .kernels.threads import one_blas_thread
 
 logger = logging.getLogger(__name__)
 
@@ -284,10 +282,8 @@ def run(
     snaps = [(state.snapshot(), measure())]
     bar = tqdm(total=max_iter, disable=not verbose, desc=name, leave=False)
     fit = (solver, problem, state, settings, history, snaps, measure, factors)
-    blas = one_blas_thread() if solver.threaded_passes else contextlib.nullcontext()
     try:
-        with blas:
-            f_older, terms_older, stopped = _iterate(*fit, bar, debug, extrapolation)
+        f_older, terms_older, stopped = _iterate(*fit, bar, debug, extrapolation)
     except KeyboardInterrupt:  # Ctrl-C: end on the last complete iterate
         state.restore(snaps[-1][0])
         history.interrupted = True

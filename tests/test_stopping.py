@@ -136,7 +136,6 @@ class _Moving:
     (objective constant): a cycle on the spot, or a steady drift."""
 
     names = ("data",)
-    threaded_passes = False
 
     def __init__(self, factors):
         self.factors, self.t = factors, 0

@@ -252,7 +252,7 @@ class NMFEstimator(
     # ------------------------------------------------------------------ hooks
     #: Whether the data must be non-negative (counts); semi-NMF accepts signed data.
     _non_negative_input: bool = True
-    #: Whether the fit uses the blocked passes over the data (the Poisson family).
+    #: Whether the fit runs passes over the data on their own threads (BLAS: one thread).
     _uses_data_pass: bool = True
     #: Whether a start ``W`` may be negative (semi-NMF).
     _signed_W: bool = False

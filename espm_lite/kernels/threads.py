@@ -57,9 +57,8 @@ def one_blas_thread():
     (n, k)), which gain nothing from BLAS threads; after a threaded call
     OpenBLAS keeps its threads spinning for a while, and on few cores they
     take the CPUs from the next pass (a SmoothNMF iteration on 80x80x1980 took
-    1.5x as long on 2 cores). The iteration loop of the solvers whose work is
-    in the passes (:attr:`espm_lite.solvers.Solver.threaded_passes`) runs in it,
-    and so does the whole fit of their estimators (:func:`one_blas_thread_if`).
+    1.5x as long on 2 cores). The whole fit of the estimators whose work is in
+    the passes runs in it (:func:`one_blas_thread_if`).
     """
     return _blas_controller().limit(limits=1, user_api="blas")
 

@@ -137,11 +137,6 @@ class Solver:
     names: tuple[str, ...] = ("KL_div_loss",)
     #: Spectra may be negative (semi-NMF): they are not floored.
     signed: bool = False
-    #: The work of an iteration is in passes over the data (:func:`espm_lite.kernels.data_pass`),
-    #: which run on their own threads: the iterations then run with one BLAS thread
-    #: (:func:`espm_lite.kernels.threads.one_blas_thread`). False where the iterations
-    #: are large matrix products that BLAS threads speed up (the Frobenius solvers).
-    threaded_passes: bool = False
 
     def start(self, problem: Problem) -> FitState:
         raise NotImplementedError

@@ -75,7 +75,6 @@ class VariationalPoisson(Solver):
     """
 
     names = ("expected_nll_loss", "KL_prior_loss")
-    threaded_passes = True
     simplex_tol = 1e-5
 
     def __init__(

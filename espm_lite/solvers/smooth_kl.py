@@ -91,7 +91,6 @@ class SmoothKL(Solver):
     """
 
     names = ("KL_div_loss", "Lapl_reg_loss", "log_reg_loss")
-    threaded_passes = True
 
     def __init__(
         self,
